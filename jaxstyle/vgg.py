@@ -1,0 +1,251 @@
+"""The VGG network (Simonyan & Zisserman, 2014) as one configurable Flax module.
+
+The network is a feature extractor: ``VGG.apply(params, image, layers=...)``
+returns a dict of the activations asked for, keyed by the names used in the
+style-transfer papers (``conv1_1``, ``relu1_1``, ``pool1``, ... ``relu5_4``),
+and stops computing after the deepest of them.
+
+Parameters are an explicit pytree, ``{"conv1_1": {"kernel": (3, 3, in, out),
+"bias": (out,)}, ...}``, passed to ``apply``: the module never loads weights
+itself. Real weights come from :mod:`jaxstyle.weights`.
+
+References:
+  Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale
+  Image Recognition", ICLR 2015.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Per-channel means and scales of the two preprocessing conventions a weights
+# file can record. Caffe (the original VGG release, and Keras): BGR, 0-255,
+# minus the mean pixel. torchvision (retrained weights): RGB in [0, 1],
+# standardised.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+PREPROCESSING = ("caffe", "torchvision")
+POOLING = ("max", "avg")
+PADDING = ("zeros", "replicate")
+
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG_WIDTHS = (64, 128, 256, 512, 512)
+
+
+def conv_names(blocks: Sequence[int]) -> tuple[str, ...]:
+    """Names of the convolutions of a VGG with ``blocks`` convs per block, in order."""
+    return tuple(f"conv{b}_{i}" for b, n in enumerate(blocks, 1) for i in range(1, n + 1))
+
+
+def layer_names(blocks: Sequence[int]) -> tuple[str, ...]:
+    """Every layer name of a VGG with ``blocks`` convs per block, in forward order.
+
+    >>> layer_names((1, 1))
+    ('conv1_1', 'relu1_1', 'pool1', 'conv2_1', 'relu2_1', 'pool2')
+    """
+    names = []
+    for b, n in enumerate(blocks, 1):
+        for i in range(1, n + 1):
+            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
+        names.append(f"pool{b}")
+    return tuple(names)
+
+
+def preprocess(image: jax.Array, preprocessing: str) -> jax.Array:
+    """Turn RGB in [0, 1] into the input convention the weights were trained with.
+
+    Args:
+      image: RGB in [0, 1], shape (..., 3).
+      preprocessing: "caffe" (BGR, 0-255, minus the mean pixel) or
+        "torchvision" (RGB, minus mean, divided by std).
+    Returns:
+      The network input, same shape.
+    """
+    if preprocessing == "caffe":
+        return image[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, image.dtype)
+    if preprocessing == "torchvision":
+        mean = jnp.asarray(TORCHVISION_MEAN, image.dtype)
+        return (image - mean) / jnp.asarray(TORCHVISION_STD, image.dtype)
+    raise ValueError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv3x3(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...]) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution whose input gradient stays on XLA:CPU's fast path.
+
+    The gradient with respect to the input is itself a convolution, of the
+    output gradient with the kernel flipped in space and with in/out swapped.
+    Inside a `lax.fori_loop`, XLA:CPU folds that flip and swap into the
+    convolution's dimension labels and then runs it 4-6 times slower than the
+    forward convolution (measured: 0.25 s against 0.04 s per step of a
+    four-layer test). Computing the swapped kernel behind an optimisation
+    barrier keeps every convolution in the fast layout; the values are the
+    same as `lax.conv_general_dilated`'s own gradient.
+    """
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DN)
+
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv3x3_fwd(x, kernel, padding):
+    return _conv3x3(x, kernel, padding), (x, kernel)
+
+
+def _conv3x3_bwd(padding, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    flipped = jax.lax.optimization_barrier(jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
+    grad_padding = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
+                    (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
+    dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), grad_padding, dimension_numbers=_DN)
+    # The kernel gradient is not needed for style transfer (XLA drops it), but
+    # keeps the function correct for any use.
+    _, kernel_vjp = jax.vjp(lambda k: jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=_DN),
+                            kernel)
+    return dx, kernel_vjp(g)[0]
+
+
+_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                          dimension_numbers=None, **unused):
+    """`nn.Conv`'s hook: the VGG convolutions (stride 1, no dilation) through `_conv3x3`."""
+    if tuple(window_strides) != (1, 1) or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+        raise NotImplementedError("VGG convolutions have stride 1 and no dilation")
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    return _conv3x3(lhs, rhs, tuple(tuple(p) for p in padding))
+
+
+class VGG(nn.Module):
+    """VGG feature extractor for one image.
+
+    Attributes:
+      blocks: convolutions per block; (2, 2, 4, 4, 4) is VGG19.
+      widths: output channels of each block's convolutions.
+      pooling: "max" as trained, or "avg" (Gatys et al. prefer it for image
+        synthesis).
+      avg_pool_scale: multiply average-pooled activations by this factor. An
+        average of ReLU outputs is smaller than their max; rescaling keeps the
+        deeper activations (and so the losses' balance) at the magnitude the
+        network was trained with. 1.0 is plain average pooling.
+      first_padding: "zeros" (as trained) or "replicate" (edge pixels repeated
+        for the first convolution only, which reduces dark borders in outputs).
+      preprocessing: the input convention of the weights; see `preprocess`.
+      dtype: compute dtype of the convolutions (parameters stay float32).
+      remat: recompute each block's activations in the backward pass instead
+        of storing them (`jax.checkpoint`), trading time for memory.
+    """
+
+    blocks: Sequence[int] = VGG19_BLOCKS
+    widths: Sequence[int] = VGG_WIDTHS
+    pooling: str = "max"
+    avg_pool_scale: float = 1.0
+    first_padding: str = "zeros"
+    preprocessing: str = "caffe"
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        # One attribute per convolution, so the parameter tree is flat and
+        # keyed by the paper's names: {"conv1_1": {"kernel", "bias"}, ...}.
+        for name in conv_names(self.blocks):
+            width = self.widths[int(name[4]) - 1]
+            # With replicate padding, conv1_1 gets its border from `_block`.
+            replicate = name == "conv1_1" and self.first_padding == "replicate"
+            padding = "VALID" if replicate else "SAME"
+            setattr(self, name, nn.Conv(width, (3, 3), padding=padding, dtype=self.dtype, name=name,
+                                        conv_general_dilated=_conv_general_dilated))
+
+    def __call__(self, image: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+        """Activations of ``layers`` for one image.
+
+        Args:
+          image: RGB in [0, 1], shape (h, w, 3). Batches use `jax.vmap`.
+          layers: names from `layer_names(self.blocks)`; the forward pass
+            stops at the deepest one.
+        Returns:
+          dict mapping each requested name to its activation, (h', w', c).
+        Raises:
+          ValueError: a name is not a layer of this network.
+        """
+        order = layer_names(self.blocks)
+        if not layers:
+            raise ValueError("no layers asked for; name at least one, e.g. relu4_2")
+        unknown = sorted(set(layers) - set(order))
+        if unknown:
+            raise ValueError(f"unknown VGG layer(s) {unknown}; this network has {', '.join(order)}")
+        deepest = max(order.index(name) for name in layers)
+
+        x = preprocess(image, self.preprocessing)[None].astype(self.dtype)
+        block = nn.remat(_block, static_argnums=(2, 3)) if self.remat else _block
+        acts = {}
+        for b in range(1, len(self.blocks) + 1):
+            if order[deepest] in acts:
+                break
+            # Each block returns its activations by name, stopping at `last`.
+            last = min(order[deepest], f"pool{b}", key=order.index)
+            block_acts = block(self, x, b, last)
+            acts.update(block_acts)
+            x = block_acts[f"pool{b}"] if f"pool{b}" in block_acts else x
+        return {name: acts[name][0] for name in layers}
+
+
+def _block(vgg: VGG, x: jax.Array, b: int, last: str) -> dict[str, jax.Array]:
+    """Block ``b``: n times (3x3 conv, ReLU), then 2x2 pooling; stops after ``last``."""
+    acts = {}
+    for i in range(1, vgg.blocks[b - 1] + 1):
+        if b == 1 and i == 1 and vgg.first_padding == "replicate":
+            # Departure from the trained net: edge pixels, not zeros, around the image.
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        x = getattr(vgg, f"conv{b}_{i}")(x)
+        acts[f"conv{b}_{i}"] = x
+        if last == f"conv{b}_{i}":
+            return acts
+        x = nn.relu(x)
+        acts[f"relu{b}_{i}"] = x
+        if last == f"relu{b}_{i}":
+            return acts
+    if vgg.pooling == "max":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    elif vgg.pooling == "avg":
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2)) * vgg.avg_pool_scale
+    else:
+        raise ValueError(f"unknown pooling {vgg.pooling!r}; expected one of {POOLING}")
+    acts[f"pool{b}"] = x
+    return acts
+
+
+VGG19 = functools.partial(VGG, blocks=VGG19_BLOCKS, widths=VGG_WIDTHS)
+VGG16 = functools.partial(VGG, blocks=VGG16_BLOCKS, widths=VGG_WIDTHS)
+# A tiny network with the same layer names as VGG19's default style and
+# content layers (relu1_1 ... relu5_2), for fast tests with random weights.
+_TINY_BLOCKS = (1, 1, 2, 2, 2)
+_TINY_WIDTHS = (4, 6, 8, 8, 8)
+_VGGTiny = functools.partial(VGG, blocks=_TINY_BLOCKS, widths=_TINY_WIDTHS)
+
+ARCHITECTURES = {
+    "vgg19": (VGG19_BLOCKS, VGG_WIDTHS),
+    "vgg16": (VGG16_BLOCKS, VGG_WIDTHS),
+    "tiny": (_TINY_BLOCKS, _TINY_WIDTHS),
+}
+
+
+def init_params(architecture: str, key: jax.Array) -> dict:
+    """Random parameters (Flax's default initialisers) for ``architecture``.
+
+    For tests and for shapes; style transfer needs trained weights.
+    """
+    blocks, widths = ARCHITECTURES[architecture]
+    model = VGG(blocks=blocks, widths=widths)
+    image = jnp.zeros((32, 32, 3), jnp.float32)
+    return model.init(key, image, layer_names(blocks))["params"]
