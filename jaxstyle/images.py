@@ -1,0 +1,618 @@
+"""Image files in and out: the edge where pixels become arrays and back.
+
+Everything in the library works on float32 RGB arrays of shape (h, w, 3) with
+values in [0, 1]. This module is the only place that turns files into such
+arrays (`load_image`), arrays into files (`save_image`, `check_writable`), and
+changes their size (`resize_longest`, `resize_to`). It uses Pillow and NumPy;
+every failure a user can cause (a missing, corrupt, huge or tiny file, an
+output path that cannot be written) raises `UsageError` or `JaxstyleError`
+with a one-line message naming the file.
+
+Output formats follow the file extension (`SUPPORTED_OUTPUT_EXTENSIONS`):
+8-bit PNG, JPEG and WebP (quality 95), and 16-bit-per-channel TIFF, which
+Pillow cannot write (it has no 16-bit RGB mode), so `_encode_tiff16` writes a
+baseline uncompressed TIFF itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import re
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+from PIL import ExifTags, Image, ImageFile, PngImagePlugin
+
+from jaxstyle.errors import JaxstyleError, UsageError
+from jaxstyle._files import atomic_write_bytes
+
+# Refuse images with more pixels than this before decoding them: a 200 MP image
+# already takes 2.4 GB as float32 RGB.
+DEFAULT_MAX_PIXELS = 200_000_000
+
+# Smallest side accepted: VGG19 pools four times before conv5_1 (16 -> 1 pixel).
+MIN_SIDE = 16
+
+SUPPORTED_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+# What Pillow raises for files it cannot read: unidentified or unsupported
+# formats and I/O (OSError, which includes UnidentifiedImageError), malformed
+# headers or chunks (SyntaxError, struct.error, ValueError, IndexError, EOFError),
+# bad compressed streams (zlib.error) and decompression bombs. Anything else
+# escaping Pillow is treated as a bug and keeps its traceback.
+_PILLOW_FILE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    IndexError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+_EXIF_ORIENTATION = ExifTags.Base.Orientation
+_EXIF_IMAGE_DESCRIPTION = ExifTags.Base.ImageDescription
+
+# Pillow's safety settings are module globals; `_strict_pillow` sets them for
+# the duration of one load, and this lock keeps concurrent loads from mixing them.
+_PILLOW_SETTINGS_LOCK = threading.Lock()
+
+
+# ----------------------------------------------------------------------------
+# Loading
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB in [0, 1].
+
+    Any file Pillow can open is accepted (the first frame of animations and
+    multi-page files). Colour modes are converted as follows:
+
+    - grayscale (1, L, I;16, I, F) is repeated into the three channels; 16-bit
+      data keeps its precision (divided by 65535), 32-bit integer data (mode I)
+      is taken to be 16-bit and clipped to [0, 65535], and floating-point data
+      (mode F) is taken to be in [0, 1] and clipped;
+    - palette, CMYK, YCbCr, LAB and HSV images are converted to RGB by Pillow;
+    - transparency (RGBA, LA, PA, a palette or colour key with transparency) is
+      composited over WHITE: ``rgb * alpha + (1 - alpha)``;
+    - an EXIF (or TIFF) Orientation tag is applied, as
+      ``PIL.ImageOps.exif_transpose`` would, so the array is upright;
+    - uncompressed 16-bit RGB TIFFs (such as `save_image` writes) are read at
+      full precision. Other 16-bit colour files (16-bit RGB PNG, compressed
+      16-bit TIFF) are reduced to 8 bits per channel by Pillow.
+
+    Args:
+      path: the image file.
+      max_pixels: refuse images with more than this many pixels (width times
+        height), checked from the header before anything is decoded.
+
+    Returns:
+      float32 array (h, w, 3), RGB in [0, 1], C-contiguous.
+
+    Raises:
+      UsageError: the path is missing, a directory, or empty; the file is not an
+        image, is truncated or corrupt, has more than ``max_pixels`` pixels, or
+        has a side shorter than `MIN_SIDE`.
+    """
+    path = pathlib.Path(path)
+    name = repr(str(path))
+    if max_pixels < 1:
+        raise UsageError(f"the pixel limit must be at least 1, got max_pixels={max_pixels}")
+    _check_readable_file(path)
+    try:
+        with _strict_pillow(max_pixels), Image.open(path) as im:
+            width, height = im.size  # from the header; nothing decoded yet
+            _check_pixel_count(name, width, height, max_pixels)
+            _check_min_side(name, width, height)
+            pixels = _read_raw_rgb16_tiff(path, im)
+            if pixels is None:
+                im.load()  # decode everything now, so a truncated file fails here
+                pixels = _to_rgb(im, name)
+            orientation = _orientation(im)
+    except _PILLOW_FILE_ERRORS as e:
+        raise _unreadable(name, e, max_pixels) from e
+    return np.ascontiguousarray(_apply_orientation(pixels, orientation))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Read the text metadata that `save_image` stored in an image file.
+
+    Args:
+      path: a PNG (text chunks: tEXt, zTXt and iTXt), or a JPEG, WebP or TIFF
+        whose ImageDescription holds a JSON object of strings, as `save_image`
+        writes it.
+
+    Returns:
+      the key-value pairs; empty when the file has none.
+
+    Raises:
+      UsageError: the file is missing or cannot be read as an image.
+    """
+    path = pathlib.Path(path)
+    name = repr(str(path))
+    _check_readable_file(path)
+    try:
+        with _strict_pillow(DEFAULT_MAX_PIXELS), Image.open(path) as im:
+            _check_pixel_count(name, *im.size, DEFAULT_MAX_PIXELS)  # text after IDAT needs a decode
+            if im.format == "PNG":
+                return {str(k): str(v) for k, v in im.text.items()}
+            description = im.getexif().get(_EXIF_IMAGE_DESCRIPTION)
+    except _PILLOW_FILE_ERRORS as e:
+        raise _unreadable(name, e, DEFAULT_MAX_PIXELS) from e
+    return _parse_description(description)
+
+
+def _check_readable_file(path: pathlib.Path) -> None:
+    name = repr(str(path))
+    try:
+        if not path.exists():
+            raise UsageError(f"image file {name} does not exist; check the path")
+        if path.is_dir():
+            raise UsageError(f"image path {name} is a directory; give an image file")
+        size = path.stat().st_size
+    except OSError as e:
+        raise UsageError(f"cannot read image {name}: {e.strerror or _one_line(e)}") from e
+    if size == 0:
+        raise UsageError(f"image file {name} is empty (0 bytes); give a valid image file")
+
+
+def _check_pixel_count(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise UsageError(
+            f"image {name} is {width}x{height} = {width * height} pixels, more than the limit "
+            f"of {max_pixels}; shrink it first or raise the pixel limit (max_pixels)"
+        )
+
+
+def _check_min_side(name: str, width: int, height: int) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise UsageError(
+            f"image {name} is {width}x{height} pixels, too small for the network; "
+            f"the minimum is {MIN_SIDE} pixels on each side"
+        )
+
+
+@contextlib.contextmanager
+def _strict_pillow(max_pixels: int) -> Iterator[None]:
+    """Within the block, Pillow refuses truncated files and images over ``2 * max_pixels``.
+
+    Pillow warns above ``MAX_IMAGE_PIXELS`` and raises above twice that, as soon
+    as it has read the header. The warning is silenced because `_check_pixel_count`
+    refuses everything over ``max_pixels`` right after, with the image's size in
+    the message; Pillow's error stays for images that are far too large and for
+    sizes found while decoding (animation frames).
+    """
+    with _PILLOW_SETTINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = max_pixels, False
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _unreadable(name: str, error: BaseException, max_pixels: int) -> UsageError:
+    if isinstance(error, Image.DecompressionBombError):
+        size = re.search(r"\((\d+) pixels\)", str(error))  # Pillow: "Image size (N pixels) exceeds ..."
+        pixels = f" ({size.group(1)})" if size else ""
+        return UsageError(
+            f"image {name} has more pixels{pixels} than the limit of {max_pixels}, "
+            "refused before decoding; shrink it first or raise the pixel limit (max_pixels)"
+        )
+    if isinstance(error, Image.UnidentifiedImageError):
+        return UsageError(
+            f"file {name} is not an image Pillow can read; give a PNG, JPEG, WebP, TIFF, ... file"
+        )
+    return UsageError(
+        f"cannot read image {name}, the file is truncated or corrupt "
+        f"({type(error).__name__}: {_one_line(error)}); re-export it or choose another file"
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF Orientation (1 to 8; 1 when absent or invalid), as ``exif_transpose`` reads it."""
+    orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn (h, w, c) pixels upright; the same transposes as ``PIL.ImageOps.exif_transpose``."""
+    # Done on the array so that full-precision 16-bit data gets the same treatment.
+    # np.rot90 turns counter-clockwise, like Pillow's ROTATE_90.
+    transposes: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda a: a[::-1, ::-1],  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+        6: lambda a: np.rot90(a, -1),  # ROTATE_270
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # TRANSVERSE
+        8: lambda a: np.rot90(a, 1),  # ROTATE_90
+    }
+    return transposes[orientation](pixels)
+
+
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # not LAB: its A is a colour axis
+
+
+def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
+    """Decoded Pillow image -> float32 (h, w, 3) RGB in [0, 1], alpha over white."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return _gray_to_rgb(np.asarray(im).astype(np.float32) / 65535)
+    if mode == "I":
+        return _gray_to_rgb(np.clip(np.asarray(im), 0, 65535).astype(np.float32) / 65535)
+    if mode == "F":
+        gray = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(gray).all():
+            raise UsageError(f"image {name} holds NaN or infinite values; give a finite image")
+        return _gray_to_rgb(np.clip(gray, 0, 1))
+    has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
+    rgba_or_rgb = im.convert("RGBA" if has_alpha else "RGB")
+    pixels = np.asarray(rgba_or_rgb, dtype=np.float32) / 255
+    if has_alpha:
+        return _over_white(pixels)
+    return pixels
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _over_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite straight (not premultiplied) RGBA in [0, 1] over white."""
+    alpha = rgba[..., 3:]
+    return rgba[..., :3] * alpha + (1 - alpha)
+
+
+_RAW_RGB16 = {"RGB;16L": "<u2", "RGB;16B": ">u2"}  # Pillow's raw modes: little, big endian
+
+
+def _read_raw_rgb16_tiff(path: pathlib.Path, im: Image.Image) -> np.ndarray | None:
+    """Full-precision pixels of an uncompressed 16-bit RGB TIFF, or None for other files.
+
+    Pillow decodes 16-bit colour to 8 bits; for uncompressed strips the samples
+    can be read from the file directly.
+    """
+    tiles = im.tile
+    if im.format != "TIFF" or not tiles or any(tile[0] != "raw" for tile in tiles):
+        return None
+    rawmodes = {tile[3][0] if isinstance(tile[3], tuple) else tile[3] for tile in tiles}  # (rawmode, ...)
+    if len(rawmodes) != 1 or (rawmode := rawmodes.pop()) not in _RAW_RGB16:
+        return None
+    channels = 3
+    width, height = im.size
+    out = np.empty((height, width, channels), dtype=np.float32)
+    covered = 0
+    with open(path, "rb") as f:
+        for _, (x0, y0, x1, y1), offset, args in tiles:
+            _, stride, ystep = (*(args if isinstance(args, tuple) else (args,)), 0, 1)[:3]
+            row_bytes = (x1 - x0) * channels * 2
+            inside = 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+            if stride not in (0, row_bytes) or ystep != 1 or not inside:
+                return None  # an unusual layout: let Pillow decode it (at 8 bits)
+            f.seek(offset)
+            data = f.read(row_bytes * (y1 - y0))
+            if len(data) != row_bytes * (y1 - y0):
+                raise EOFError(f"TIFF strip at byte {offset} is truncated")
+            samples = np.frombuffer(data, dtype=_RAW_RGB16[rawmode])
+            out[y0:y1, x0:x1] = samples.reshape(y1 - y0, x1 - x0, channels) / np.float32(65535)
+            covered += (x1 - x0) * (y1 - y0)
+    return out if covered == width * height else None
+
+
+# ----------------------------------------------------------------------------
+# Resizing
+
+
+def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize so that the longer side is ``size`` pixels, keeping the aspect ratio.
+
+    Args:
+      image: float (h, w, c), values in [0, 1].
+      size: the new length of the longer side, at least 1.
+
+    Returns:
+      float32 (h', w', c) with max(h', w') == size and each side at least 1,
+      resampled with Lanczos (see `resize_to`) and clipped to [0, 1].
+    """
+    height, width = np.shape(image)[:2]
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}")
+    longest = max(height, width)
+    return resize_to(image, (max(1, round(height * size / longest)), max(1, round(width * size / longest))))
+
+
+def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize to exactly ``shape`` = (h, w) pixels, with Lanczos resampling.
+
+    Each channel is resampled in Pillow's 32-bit float mode ("F"), so no
+    precision is lost to 8-bit quantisation. Lanczos overshoots at sharp
+    edges; the result is clipped back to [0, 1].
+
+    Args:
+      image: float (h, w, c), values in [0, 1].
+      shape: (h', w'), both at least 1.
+
+    Returns:
+      float32 (h', w', c) in [0, 1].
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"expected an image of shape (h, w, c), got shape {image.shape}")
+    new_height, new_width = (int(s) for s in shape)
+    if new_height < 1 or new_width < 1:
+        raise ValueError(f"the new shape must be at least 1x1 pixels, got {tuple(shape)}")
+    if (new_height, new_width) == image.shape[:2]:
+        return np.clip(image, 0, 1)
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c])).resize(
+                (new_width, new_height), Image.Resampling.LANCZOS
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0, 1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Saving
+
+
+def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Check, before any compute, that `save_image` will be able to write ``path``.
+
+    The extension must be one of `SUPPORTED_OUTPUT_EXTENSIONS`; the path must
+    not be a directory, nor an existing file unless ``overwrite``; and the
+    nearest existing directory above it (missing directories are created when
+    saving) must accept a new file, which is checked by creating and removing
+    a temporary file there.
+
+    Raises:
+      UsageError: one of the above does not hold.
+    """
+    path = pathlib.Path(path)
+    name = repr(str(path))
+    _output_format(path)
+    _check_output_path(path, overwrite=overwrite)
+    try:
+        directory = path.parent
+        while not directory.exists():
+            directory = directory.parent
+        if not directory.is_dir():
+            raise UsageError(
+                f"cannot write {name}: {str(directory)!r} is a file, not a directory; "
+                "choose another output path"
+            )
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".jaxstyle-check-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {name}: directory {str(directory)!r} is not writable "
+            f"({e.strerror or _one_line(e)}); choose another output path"
+        ) from e
+
+
+def save_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write an RGB image; the format follows the extension.
+
+    - ``.png``: 8 bits per channel; ``metadata`` as text chunks (tEXt, or iTXt
+      for text outside Latin-1).
+    - ``.jpg``/``.jpeg``: quality 95, no chroma subsampling; ``.webp``:
+      quality 95 (lossy). ``metadata`` as a JSON object in the EXIF
+      ImageDescription.
+    - ``.tif``/``.tiff``: 16 bits per channel, uncompressed; ``metadata`` as a
+      JSON object in the ImageDescription tag.
+
+    Values are clipped to [0, 1] and rounded to the nearest level. The file is
+    encoded in memory first and then written atomically, so a failure never
+    leaves a partial file behind; `read_metadata` reads the metadata back.
+
+    Args:
+      path: the output file; missing parent directories are created.
+      image: float (h, w, 3), RGB in [0, 1] (a NumPy or JAX array).
+      metadata: text key-value pairs; keys are 1 to 79 printable Latin-1
+        characters (the PNG rule), values any text without NUL characters.
+      overwrite: replace an existing file.
+
+    Raises:
+      UsageError: unknown extension, the path is a directory, or the file exists
+        and ``overwrite`` is false.
+      JaxstyleError: the image holds NaN or infinite values, or it cannot be
+        encoded in this format (e.g. WebP's 16383-pixel limit) or written.
+      ValueError: ``image`` is not a float (h, w, 3) array, or bad ``metadata`` keys.
+    """
+    path = pathlib.Path(path)
+    name = repr(str(path))
+    fmt = _output_format(path)
+    _check_output_path(path, overwrite=overwrite)
+    pixels = _checked_pixels(image, name)
+    text = _checked_metadata(metadata)
+    try:
+        data = _ENCODERS[fmt](pixels, text)
+    except (OSError, ValueError, struct.error) as e:
+        raise JaxstyleError(f"cannot encode {name} as {fmt}: {_one_line(e)}") from e
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise JaxstyleError(f"cannot write {name}: {e.strerror or _one_line(e)}") from e
+
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _output_format(path: pathlib.Path) -> str:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the image format of output {str(path)!r} from its extension "
+            f"{path.suffix!r}; use one of {', '.join(SUPPORTED_OUTPUT_EXTENSIONS)}"
+        )
+    return fmt
+
+
+def _check_output_path(path: pathlib.Path, *, overwrite: bool) -> None:
+    name = repr(str(path))
+    try:
+        is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
+    except OSError as e:
+        raise UsageError(f"cannot write {name}: {e.strerror or _one_line(e)}") from e
+    if is_dir:
+        raise UsageError(f"output path {name} is a directory; give a file name")
+    if exists and not overwrite:
+        raise UsageError(f"output file {name} already exists; pass --overwrite to replace it")
+
+
+def _checked_pixels(image: np.ndarray, name: str) -> np.ndarray:
+    pixels = np.asarray(image)
+    if pixels.ndim != 3 or pixels.shape[-1] != 3 or 0 in pixels.shape:
+        raise ValueError(f"expected an RGB image of shape (h, w, 3), got shape {pixels.shape}")
+    if not np.issubdtype(pixels.dtype, np.floating):
+        raise ValueError(f"expected a float image with values in [0, 1], got dtype {pixels.dtype}")
+    bad = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
+    if bad:
+        raise JaxstyleError(
+            f"cannot save {name}: the image holds {bad} NaN or infinite values "
+            "(did the optimisation diverge? try a smaller learning rate)"
+        )
+    # At least float32 (float16 overflows at 65535), and no copy to float64 for float32 input.
+    return np.clip(pixels.astype(np.result_type(pixels.dtype, np.float32)), 0, 1)
+
+
+def _checked_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    text = dict(metadata or {})
+    for key, value in text.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata keys and values must be str, got {key!r}: {value!r}")
+        if not 1 <= len(key) <= 79 or not all(32 <= ord(c) <= 126 or 161 <= ord(c) <= 255 for c in key):
+            raise ValueError(f"metadata key {key!r} must be 1 to 79 printable Latin-1 characters")
+        if "\0" in value:
+            raise ValueError(f"metadata value for {key!r} contains a NUL character")
+    return text
+
+
+def _quantize(pixels: np.ndarray, levels: int, dtype: type) -> np.ndarray:
+    return np.round(pixels * levels).astype(dtype)
+
+
+def _encode_pillow(fmt: str, pixels: np.ndarray, text: dict[str, str]) -> bytes:
+    im = Image.fromarray(_quantize(pixels, 255, np.uint8))
+    options: dict[str, object] = {}
+    if fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)  # falls back to iTXt outside Latin-1
+        options["pnginfo"] = info
+    else:
+        options["quality"] = 95
+        if fmt == "JPEG":
+            options["subsampling"] = 0  # 4:4:4; Pillow's default halves the colour resolution
+        if text:
+            exif = Image.Exif()
+            exif[_EXIF_IMAGE_DESCRIPTION] = _description(text)
+            options["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    im.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def _description(text: dict[str, str]) -> str:
+    return json.dumps(text, ensure_ascii=True, sort_keys=True)  # ASCII, as TIFF/EXIF require
+
+
+def _parse_description(description: object) -> dict[str, str]:
+    if isinstance(description, bytes):
+        description = description.decode("latin-1")
+    if not isinstance(description, str):
+        return {}
+    try:
+        parsed = json.loads(description.rstrip("\0"))
+    except ValueError:
+        return {}
+    if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
+        return parsed
+    return {}
+
+
+def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
+    """A baseline TIFF: little-endian, uncompressed RGB, 16 bits per sample, one strip.
+
+    Pillow has no 16-bit RGB mode and cannot write this, hence the writer.
+    Reference: TIFF Revision 6.0, Part 1 (baseline RGB full-colour images).
+    """
+    height, width, _ = pixels.shape
+    strip = _quantize(pixels, 65535, np.uint16).astype("<u2").tobytes()
+    if len(strip) > 2**32 - 2**20:
+        raise ValueError(f"{width}x{height} pixels at 16 bits is too large for TIFF (4 GiB offsets)")
+    SHORT, LONG, RATIONAL, ASCII = 3, 4, 5, 2
+    # (tag, type, count, value bytes), in ascending tag order as TIFF requires.
+    entries = [
+        (256, LONG, 1, struct.pack("<I", width)),  # ImageWidth
+        (257, LONG, 1, struct.pack("<I", height)),  # ImageLength
+        (258, SHORT, 3, struct.pack("<3H", 16, 16, 16)),  # BitsPerSample
+        (259, SHORT, 1, struct.pack("<H", 1)),  # Compression: none
+        (262, SHORT, 1, struct.pack("<H", 2)),  # PhotometricInterpretation: RGB
+    ]
+    if text:
+        description = _description(text).encode("ascii") + b"\0"
+        entries.append((270, ASCII, len(description), description))  # ImageDescription
+    entries += [
+        (273, LONG, 1, None),  # StripOffsets: filled in below
+        (277, SHORT, 1, struct.pack("<H", 3)),  # SamplesPerPixel
+        (278, LONG, 1, struct.pack("<I", height)),  # RowsPerStrip: one strip
+        (279, LONG, 1, struct.pack("<I", len(strip))),  # StripByteCounts
+        (282, RATIONAL, 1, struct.pack("<II", 72, 1)),  # XResolution
+        (283, RATIONAL, 1, struct.pack("<II", 72, 1)),  # YResolution
+        (284, SHORT, 1, struct.pack("<H", 1)),  # PlanarConfiguration: interleaved
+        (296, SHORT, 1, struct.pack("<H", 2)),  # ResolutionUnit: inch
+    ]
+    ifd_offset = 8
+    extra_offset = ifd_offset + 2 + 12 * len(entries) + 4
+    # Values over 4 bytes go after the IFD, each at a word (even) offset; then the strip.
+    extra_size = sum(len(v) + len(v) % 2 for _, _, _, v in entries if v is not None and len(v) > 4)
+    strip_offset = extra_offset + extra_size
+    ifd = struct.pack("<H", len(entries))
+    extra = b""
+    for tag, kind, count, value in entries:
+        if value is None:
+            value = struct.pack("<I", strip_offset)
+        if len(value) > 4:
+            field = struct.pack("<I", extra_offset + len(extra))
+            extra += value + b"\0" * (len(value) % 2)
+        else:
+            field = value.ljust(4, b"\0")
+        ifd += struct.pack("<HHI", tag, kind, count) + field
+    ifd += struct.pack("<I", 0)  # no next IFD
+    header = b"II" + struct.pack("<HI", 42, ifd_offset)
+    return header + ifd + extra + strip
+
+
+_ENCODERS: dict[str, Callable[[np.ndarray, dict[str, str]], bytes]] = {
+    "PNG": lambda pixels, text: _encode_pillow("PNG", pixels, text),
+    "JPEG": lambda pixels, text: _encode_pillow("JPEG", pixels, text),
+    "WEBP": lambda pixels, text: _encode_pillow("WEBP", pixels, text),
+    "TIFF": _encode_tiff16,
+}
