@@ -1,0 +1,80 @@
+"""Every setting of a style transfer run, defined once.
+
+`StylizeConfig` is the single source of truth: the library reads it, and the
+command line is derived from its fields (names, defaults, help text, choices),
+so a default is never written twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from jaxstyle.errors import UsageError
+
+
+def _field(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field whose metadata carries the CLI help and options (``choices``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = ("relu4_2",)
+
+
+@dataclasses.dataclass(frozen=True)
+class StylizeConfig:
+    """Settings of one style transfer run. All are keyword arguments of `stylize`."""
+
+    size: int = _field(384, "longest side of the output, in pixels")
+    steps: int = _field(300, "optimisation steps")
+    optimizer: str = _field("adam", "optimiser of the pixels", choices=("adam", "lbfgs"))
+    lr: float = _field(0.02, "Adam step size, in pixel units (image in [0, 1]); unused by L-BFGS")
+    content_weight: float = _field(1.0, "weight of the content loss (alpha)")
+    style_weight: float = _field(10.0, "weight of the style loss (beta)")
+    tv_weight: float = _field(2.0, "weight of the total-variation smoothness loss (gamma)")
+    content_layers: tuple[str, ...] = _field(CONTENT_LAYERS, "VGG layers whose activations the output keeps")
+    style_layers: tuple[str, ...] = _field(STYLE_LAYERS, "VGG layers whose Gram matrices the output matches")
+    style_layer_weights: tuple[float, ...] = _field(
+        (), "one weight per style layer (default: equal weights; each layer is normalised first)")
+    init: str = _field("content", "start from 'content', 'noise' (seeded white noise) or an image path")
+    seed: int = _field(0, "random seed (noise initialisation)")
+    pooling: str = _field("max", "VGG pooling: max as trained, or avg", choices=("max", "avg"))
+    style_scale: float = _field(1.0, "size of the style image relative to the output (bigger: larger brush strokes)")
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    def replace(self, **changes: Any) -> "StylizeConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_config(config: StylizeConfig) -> None:
+    """Refuse out-of-range values before any compute.
+
+    Raises:
+      UsageError: naming the setting, its value and what is expected.
+    """
+    positive = {"size": config.size, "steps": config.steps, "style_scale": config.style_scale}
+    for name, value in positive.items():
+        if not value > 0:
+            raise UsageError(f"`{name}` must be positive, got {value}")
+    if config.size < 16:
+        raise UsageError(f"`size` must be at least 16 pixels for the VGG network, got {config.size}")
+    if not config.lr > 0:
+        raise UsageError(f"`lr` must be positive, got {config.lr}")
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"`{name}` must be zero or positive, got {getattr(config, name)}")
+    if any(w < 0 for w in config.style_layer_weights):
+        raise UsageError(f"`style_layer_weights` must be zero or positive, got {config.style_layer_weights}")
+    if config.style_layer_weights and len(config.style_layer_weights) != len(config.style_layers):
+        raise UsageError(f"`style_layer_weights` has {len(config.style_layer_weights)} weights "
+                         f"but there are {len(config.style_layers)} style layers")
+    if not config.content_layers and not config.style_layers:
+        raise UsageError("give at least one content or style layer")
+    for name in ("optimizer", "pooling"):
+        choices = StylizeConfig.__dataclass_fields__[name].metadata["choices"]
+        if getattr(config, name) not in choices:
+            raise UsageError(f"`{name}` must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
