@@ -45,11 +45,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Sty
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(f.default, tuple):
-            item = float if "weights" in f.name else str
+            item = next((t for t in (float, int) if f"[{t.__name__}," in str(f.type)), str)  # tuple[float, ...]
             kwargs.update(nargs="*", type=_comma_list(item), metavar="X")
+        elif isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction  # --multiscale / --no-multiscale
         else:
             kwargs["type"] = type(f.default)
         parser.add_argument(flag, **kwargs)
+
+
+_TUPLE_ITEMS = {"tuple[str, ...]": str, "tuple[float, ...]": float, "tuple[int, ...]": int}
 
 
 def _show(value: Any) -> str:
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stylize", help="paint a photo in the style of a painting",
                        description="Paint CONTENT in the style of STYLE and write OUT.")
     p.add_argument("content", help="content image (a photo)")
-    p.add_argument("--style", required=True, help="style image (a painting)")
+    p.add_argument("--style", required=True, nargs="+", help="style image(s) (paintings)")
     p.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .webp, .tif)")
     _add_run_arguments(p)
 
@@ -109,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
+    p.add_argument("--content-mask", action="append", metavar="IMAGE",
+                   help="region of the output (white) that takes the style of the matching --style-mask's "
+                        "style image; give one pair per style image, in the order of --style")
+    p.add_argument("--style-mask", action="append", metavar="IMAGE",
+                   help="region of a style image (white) its statistics are taken from")
     p.add_argument("--weights", help="weights file (default: $JAXSTYLE_WEIGHTS or the user cache)")
     p.add_argument("--save-every", type=int, default=0, metavar="N",
                    help="also write the image every N steps, as OUT-stem.stepNNNNN.png (default: off)")
@@ -121,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxstyle`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted after the subcommand too
     try:
         args = build_parser().parse_args(argv)
         if args.command == "weights":
@@ -159,9 +170,9 @@ def _weights_command(args: argparse.Namespace) -> int:
 def _stylize_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.command == "demo":
-        content_path, style_path = DEMO_CONTENT, DEMO_STYLE
+        content_path, style_paths = DEMO_CONTENT, [DEMO_STYLE]
     else:
-        content_path, style_path = pathlib.Path(args.content), pathlib.Path(args.style)
+        content_path, style_paths = pathlib.Path(args.content), [pathlib.Path(s) for s in args.style]
     output = pathlib.Path(args.output)
     if args.save_every < 0:
         raise UsageError(f"`--save-every` must be zero or positive, got {args.save_every}")
@@ -170,20 +181,22 @@ def _stylize_command(args: argparse.Namespace) -> int:
     # Everything that can fail cheaply fails before the first step.
     images.check_writable(output, overwrite=args.overwrite)
     content = images.load_image(content_path)
-    style = images.load_image(style_path)
+    styles = [images.load_image(p) for p in style_paths]
     init = config.init
     if init not in ("content", "noise"):
         init = images.load_image(init)
+    masks = _load_masks(args, len(styles))
 
     from jaxstyle import optimize, weights  # jax starts here, after the checks
 
     params, meta = weights.load(args.weights)
     network = optimize.Network(weights.model_for(meta), params)
     optimize.check_layers(config, network.model)
+    optimize.check_inputs(config, styles, masks)
 
     history: list[float] = []
     latest: dict[str, Any] = {}
-    bar = None if args.quiet else _progress_bar(config.steps)
+    bar = None if args.quiet else _progress_bar(config.steps * len(optimize.scale_sizes(config)))
 
     def on_progress(p: optimize.Progress) -> None:
         history.extend(float(x) for x in p.losses)
@@ -197,12 +210,13 @@ def _stylize_command(args: argparse.Namespace) -> int:
             images.save_image(step_path, _to_numpy(p.image), overwrite=True)
 
     report_every = math.gcd(args.save_every, optimize.CHUNK) if args.save_every else optimize.CHUNK
-    metadata = {"jaxstyle": __version__, "content": content_path.name, "style": style_path.name,
+    metadata = {"jaxstyle": __version__, "content": content_path.name,
+                "style": " ".join(p.name for p in style_paths),
                 "settings": json.dumps(dataclasses.asdict(config)), "seed": str(config.seed),
                 "weights_sha256": meta["params_sha256"]}
     try:
-        result = optimize.stylize(content, style, network, config, init=None if init is config.init else init,
-                                  callback=on_progress, report_every=report_every)
+        result = optimize.stylize(content, styles, network, config, init=None if init is config.init else init,
+                                  masks=masks, callback=on_progress, report_every=report_every)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -225,10 +239,25 @@ def _stylize_command(args: argparse.Namespace) -> int:
             bar.close()
     images.save_image(output, result, metadata=metadata, overwrite=args.overwrite)
     if args.log:
-        _write_log(pathlib.Path(args.log), history)
+        try:
+            _write_log(pathlib.Path(args.log), history)
+        except OSError as e:
+            raise JaxstyleError(f"wrote {output}, but cannot write the log {args.log}: {e.strerror or e}") from e
     if not args.quiet:
         print(f"wrote {output} ({result.shape[1]}x{result.shape[0]})", file=sys.stderr)
     return 0
+
+
+def _load_masks(args: argparse.Namespace, n_styles: int):
+    """``--content-mask``/``--style-mask`` pairs as (h, w) arrays in [0, 1] (the mean of RGB)."""
+    content_masks, style_masks = args.content_mask or [], args.style_mask or []
+    if not content_masks and not style_masks:
+        return None
+    if len(content_masks) != len(style_masks) or len(content_masks) != n_styles:
+        raise UsageError(f"got {len(content_masks)} --content-mask and {len(style_masks)} --style-mask for "
+                         f"{n_styles} style image(s); give one pair per style image")
+    return [(images.load_image(c).mean(-1), images.load_image(s).mean(-1))
+            for c, s in zip(content_masks, style_masks)]
 
 
 def _progress_bar(steps: int):

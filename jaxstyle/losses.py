@@ -35,14 +35,14 @@ References:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 
-def gram_matrix(features: jax.Array) -> jax.Array:
+def gram_matrix(features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     r"""Channel correlations of one feature map, averaged over positions.
 
     .. math:: G_{ij} = \frac{1}{M} \sum_{k=1}^{M} F_{ki} F_{kj},
@@ -54,14 +54,43 @@ def gram_matrix(features: jax.Array) -> jax.Array:
     implementations divide by :math:`C h w` instead, which only rescales the
     style weight by :math:`1/C^2` per layer.
 
+    With a mask :math:`m` (a guided Gram matrix, Gatys et al. 2017), positions
+    are weighted: :math:`G = F^\top \operatorname{diag}(m) F / \sum_k m_k`.
+
     Args:
       features: activations of one image, (h, w, c), any float dtype.
+      mask: optional weights in [0, 1] per position, (h, w).
     Returns:
       (c, c) float32 symmetric positive semi-definite matrix.
     """
     h, w, c = features.shape
     f = _at_least_f32(features.reshape(h * w, c))  # accumulate in float32 even for bf16 nets
-    return jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    if mask is None:
+        return jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    m = _at_least_f32(mask.reshape(h * w, 1))
+    return jnp.matmul(f.T, f * m, precision=jax.lax.Precision.HIGHEST) / (jnp.sum(m) + 1e-8)
+
+
+def mean_covariance(features: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    r"""Mean and covariance of the channels over positions (optionally weighted by ``mask``).
+
+    .. math:: \mu = \frac{1}{M} \sum_k F_k, \qquad
+              \Sigma = \frac{1}{M} \sum_k (F_k - \mu)(F_k - \mu)^\top = G - \mu\mu^\top
+
+    Args:
+      features: activations of one image, (h, w, c).
+      mask: optional weights in [0, 1] per position, (h, w).
+    Returns:
+      ``(mean (c,), covariance (c, c))``, float32.
+    """
+    h, w, c = features.shape
+    f = _at_least_f32(features.reshape(h * w, c))
+    m = jnp.ones((h * w, 1), f.dtype) if mask is None else _at_least_f32(mask.reshape(h * w, 1))
+    total = jnp.sum(m) + 1e-8
+    mean = jnp.sum(f * m, axis=0) / total
+    centred = f - mean
+    cov = jnp.matmul(centred.T, centred * m, precision=jax.lax.Precision.HIGHEST) / total
+    return mean, cov
 
 
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
@@ -100,22 +129,115 @@ def gram_distance(gram: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(diff * diff)
 
 
-def style_loss(features: Mapping[str, jax.Array], target_grams: Mapping[str, jax.Array],
-               layer_weights: Mapping[str, jax.Array]) -> jax.Array:
-    r"""Weighted sum of Gram distances over layers (Gatys et al. eq. 5).
+@jax.custom_jvp
+def sqrtm_psd(matrix: jax.Array) -> jax.Array:
+    r"""Square root of a symmetric positive semi-definite matrix, with a stable derivative.
 
-    .. math:: L_\mathrm{style} = \sum_l w_l \, E_l(G(F^l), A^l)
+    :math:`S = V \operatorname{diag}(\sqrt{\lambda}) V^\top` from the eigendecomposition
+    :math:`A = V \operatorname{diag}(\lambda) V^\top` (eigenvalues clipped at 0).
+    Its derivative is the Daleckii-Krein formula
+    :math:`dS = V [(V^\top dA V) / (\sqrt{\lambda_i} + \sqrt{\lambda_j})] V^\top`,
+    whose denominators vanish only where both eigenvalues do (a tiny floor
+    keeps them finite), unlike differentiating through `eigh`'s eigenvectors,
+    which divides by :math:`\lambda_i - \lambda_j` and breaks on repeated
+    eigenvalues.
 
     Args:
-      features: layer name -> activations (h, w, c) of the image being optimised.
-      target_grams: layer name -> (c, c) style Gram matrix, for every style layer.
-      layer_weights: layer name -> scalar weight :math:`w_l`, same keys as
-        ``target_grams``.
+      matrix: (n, n) symmetric PSD, float32 or float64.
+    Returns:
+      (n, n) symmetric PSD square root.
+    """
+    vals, vecs = jnp.linalg.eigh(matrix)
+    return (vecs * jnp.sqrt(jnp.clip(vals, 0.0))) @ vecs.T
+
+
+@sqrtm_psd.defjvp
+def _sqrtm_psd_jvp(primals, tangents):
+    (matrix,), (dmatrix,) = primals, tangents
+    vals, vecs = jnp.linalg.eigh(matrix)
+    roots = jnp.sqrt(jnp.clip(vals, 0.0))
+    floor = 1e-6 * (jnp.max(roots) + 1e-12)
+    rotated = vecs.T @ dmatrix @ vecs
+    droot = vecs @ (rotated / (roots[:, None] + roots[None, :] + floor)) @ vecs.T
+    return (vecs * roots) @ vecs.T, droot
+
+
+def wasserstein2_distance(stats: tuple[jax.Array, jax.Array],
+                          target: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+    r"""Squared 2-Wasserstein distance between two Gaussians (a style distance).
+
+    .. math:: W_2^2 = \lVert \mu - \mu_s \rVert^2 + \operatorname{tr}\Sigma
+              + \operatorname{tr}\Sigma_s
+              - 2 \operatorname{tr}\big(\Sigma_s^{1/2} \Sigma \Sigma_s^{1/2}\big)^{1/2}
+
+    Compared with the Gram distance it matches the mean and covariance of the
+    features separately, as crowsonkb/style-transfer-pytorch does, and grows
+    like a squared distance of features rather than a fourth power. Divided
+    by the number of channels here, to keep the scale per layer comparable.
+
+    Args:
+      stats: ``(mean (c,), covariance (c, c))`` of the image being optimised.
+      target: ``(mean, covariance, sqrt of covariance)`` of the style.
     Returns:
       float32 scalar.
     """
-    return sum(layer_weights[name] * gram_distance(gram_matrix(features[name]), target)
-               for name, target in target_grams.items())
+    mean, cov = stats
+    t_mean, t_cov, t_cov_sqrt = target
+    cross = sqrtm_psd(t_cov_sqrt @ cov @ t_cov_sqrt)
+    w2 = jnp.sum((mean - t_mean) ** 2) + jnp.trace(cov) + jnp.trace(t_cov) - 2 * jnp.trace(cross)
+    return w2 / mean.shape[0]
+
+
+STYLE_LOSSES = ("gram", "mean_cov")
+
+
+def style_statistics(features: jax.Array, kind: str, mask: jax.Array | None = None):
+    """The style statistics of one layer: a Gram matrix, or ``(mean, covariance)``."""
+    if kind == "gram":
+        return gram_matrix(features, mask)
+    if kind == "mean_cov":
+        return mean_covariance(features, mask)
+    raise ValueError(f"unknown style loss {kind!r}; expected one of {STYLE_LOSSES}")
+
+
+def style_target(stats, kind: str):
+    """Turn style statistics into a loss target (adds the covariance's square root for mean_cov)."""
+    if kind == "mean_cov":
+        mean, cov = stats
+        return mean, cov, sqrtm_psd(cov)
+    return stats
+
+
+def style_distance(features: jax.Array, target, kind: str, mask: jax.Array | None = None) -> jax.Array:
+    """Distance between one layer's features and a style target (`gram_distance` or W2)."""
+    stats = style_statistics(features, kind, mask)
+    if kind == "gram":
+        return gram_distance(stats, target)
+    return wasserstein2_distance(stats, target)
+
+
+def style_loss(features: Mapping[str, jax.Array], targets: Mapping[str, Any],
+               layer_weights: Mapping[str, jax.Array], *, kind: str = "gram",
+               masks: Mapping[str, jax.Array] | None = None) -> jax.Array:
+    r"""Weighted sum of style distances over layers (Gatys et al. eq. 5).
+
+    .. math:: L_\mathrm{style} = \sum_l w_l \, E_l, \qquad
+              E_l = \frac{1}{N_l^2} \sum_{i,j} (G^l_{ij} - A^l_{ij})^2 \text{ for ``kind="gram"``}
+
+    Args:
+      features: layer name -> activations (h, w, c) of the image being optimised.
+      targets: layer name -> style target: a (c, c) Gram matrix, or for
+        ``kind="mean_cov"`` the triple of `style_target`.
+      layer_weights: layer name -> scalar weight :math:`w_l`, same keys as ``targets``.
+      kind: "gram" (Gatys et al.) or "mean_cov" (`wasserstein2_distance`).
+      masks: optional layer name -> (h, w) weights: the statistics of the image
+        are taken over that region only (guided style transfer).
+    Returns:
+      float32 scalar.
+    """
+    return sum(layer_weights[name] * style_distance(features[name], target, kind,
+                                                     None if masks is None else masks[name])
+               for name, target in targets.items())
 
 
 def total_variation(image: jax.Array) -> jax.Array:
@@ -139,20 +261,29 @@ def total_variation(image: jax.Array) -> jax.Array:
 
 
 def normalizers(targets: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    r"""Per-layer scale :math:`1 / \operatorname{mean}(T^2)` of each target.
+    r"""Per-layer scale :math:`1 / \operatorname{mean}(T^2)` of each content target.
 
-    Departure from the paper: multiplying each layer's loss by this makes a
-    layer whose target is reproduced by an all-zero image score exactly 1, so
-    layers with large activations (deep ones, for Gram matrices) do not drown
-    the others, and weights mean the same for any network or image size.
+    Departure from the paper: multiplying each layer's loss by this makes an
+    all-zero image score exactly 1, so layers with large activations do not
+    drown the others, and weights mean the same for any network or image size.
 
     Args:
-      targets: layer name -> target array (activations or Gram matrix).
+      targets: layer name -> target activations.
     Returns:
       layer name -> float32 scalar.
     """
-    return {name: 1.0 / (jnp.mean(jnp.square(_at_least_f32(t))) + 1e-8)
-            for name, t in targets.items()}
+    return {name: 1.0 / (jnp.mean(jnp.square(_at_least_f32(t))) + 1e-8) for name, t in targets.items()}
+
+
+def style_normalizers(targets: Mapping[str, Any], kind: str) -> dict[str, jax.Array]:
+    r"""Per-layer scale of the style loss: one over the distance of all-zero features to the target.
+
+    For Gram matrices this is :math:`1 / \operatorname{mean}(A^2)`, as in
+    `normalizers`; for ``mean_cov`` it is :math:`N / (\lVert\mu\rVert^2 + \operatorname{tr}\Sigma)`.
+    """
+    if kind == "gram":
+        return normalizers(targets)
+    return {name: t[0].shape[0] / (jnp.sum(t[0] ** 2) + jnp.trace(t[1]) + 1e-8) for name, t in targets.items()}
 
 
 def _at_least_f32(x: jax.Array) -> jax.Array:
@@ -167,11 +298,18 @@ class Targets:
 
     Attributes:
       content: layer name -> content image activations, (h, w, c).
-      style: layer name -> style Gram matrix, (c, c).
+      style: one dict per style region, layer name -> style target (see
+        `style_target`). Without masks there is one region: the whole image,
+        with the style images' statistics blended.
+      masks: one entry per region: layer name -> (h_l, w_l) weights of the
+        output's positions that take that region's style, or None for everywhere.
+      kind: the style loss, "gram" or "mean_cov" (static: part of the program).
     """
 
     content: dict[str, jax.Array]
-    style: dict[str, jax.Array]
+    style: tuple[dict[str, Any], ...]
+    masks: tuple[dict[str, jax.Array] | None, ...]
+    kind: str = struct.field(pytree_node=False, default="gram")
 
 
 @struct.dataclass
@@ -183,14 +321,15 @@ class Weights:
       style: :math:`\beta`, scalar.
       tv: :math:`\gamma`, scalar.
       content_layers: layer name -> :math:`a_l` (already multiplied by its normaliser).
-      style_layers: layer name -> :math:`b_l` (already multiplied by its normaliser).
+      style_layers: per style region, layer name -> :math:`b_l` (times the
+        region's weight and its normaliser).
     """
 
     content: jax.Array
     style: jax.Array
     tv: jax.Array
     content_layers: dict[str, jax.Array]
-    style_layers: dict[str, jax.Array]
+    style_layers: tuple[dict[str, jax.Array], ...]
 
 
 def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Targets,
@@ -200,7 +339,7 @@ def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Tar
     Args:
       image: the image being optimised, RGB in [0, 1], (h, w, 3).
       features: its VGG activations for every content and style layer.
-      targets: the content activations and style Gram matrices.
+      targets: the content activations and style targets.
       weights: the loss weights.
     Returns:
       ``{"content": \alpha \sum_l a_l L^l_c, "style": \beta \sum_l b_l L^l_s,
@@ -208,9 +347,11 @@ def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Tar
     """
     content = sum(weights.content_layers[name] * content_loss(features[name], target)
                   for name, target in targets.content.items())
+    style = sum(style_loss(features, region, layer_weights, kind=targets.kind, masks=masks)
+                for region, layer_weights, masks in zip(targets.style, weights.style_layers, targets.masks))
     return {
         "content": weights.content * content,
-        "style": weights.style * style_loss(features, targets.style, weights.style_layers),
+        "style": weights.style * style,
         "tv": weights.tv * total_variation(image),
     }
 

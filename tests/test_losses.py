@@ -109,10 +109,11 @@ def _objective_args(rng):
     image = rng.random((8, 8, 3))
     feats = {"relu1_1": rng.standard_normal((8, 8, 4)), "relu2_1": rng.standard_normal((4, 4, 6))}
     targets = losses.Targets(content={"relu2_1": rng.standard_normal((4, 4, 6))},
-                             style={"relu1_1": np_gram(rng.standard_normal((8, 8, 4))),
-                                    "relu2_1": np_gram(rng.standard_normal((5, 3, 6)))})
+                             style=({"relu1_1": np_gram(rng.standard_normal((8, 8, 4))),
+                                     "relu2_1": np_gram(rng.standard_normal((5, 3, 6)))},),
+                             masks=(None,))
     weights = losses.Weights(content=1.5, style=0.7, tv=3.0, content_layers={"relu2_1": 1.0},
-                             style_layers={"relu1_1": 0.5, "relu2_1": 2.0})
+                             style_layers=({"relu1_1": 0.5, "relu2_1": 2.0},))
     return image, feats, targets, weights
 
 
@@ -148,8 +149,8 @@ def test_total_is_sum_of_terms_against_numpy():
     f32 = jax.tree.map(lambda a: np.asarray(a, np.float32), (image, feats))
     total = losses.total_loss(*f32, targets, weights)
     expected = (1.5 * np_content(feats["relu2_1"], targets.content["relu2_1"])
-                + 0.7 * (0.5 * np_gram_distance(np_gram(feats["relu1_1"]), targets.style["relu1_1"])
-                         + 2.0 * np_gram_distance(np_gram(feats["relu2_1"]), targets.style["relu2_1"]))
+                + 0.7 * (0.5 * np_gram_distance(np_gram(feats["relu1_1"]), targets.style[0]["relu1_1"])
+                         + 2.0 * np_gram_distance(np_gram(feats["relu2_1"]), targets.style[0]["relu2_1"]))
                 + 3.0 * np_tv(image))
     np.testing.assert_allclose(total, expected, rtol=RTOL)
 
