@@ -45,8 +45,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Sty
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(f.default, tuple):
-            item = next((t for t in (float, int) if f"[{t.__name__}," in str(f.type)), str)  # tuple[float, ...]
-            kwargs.update(nargs="*", type=_comma_list(item), metavar="X")
+            item = _TUPLE_ITEMS[str(f.type)]
+            kwargs.update(nargs="*", type=_comma_list(item), metavar=item.__name__.upper())
         elif isinstance(f.default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction  # --multiscale / --no-multiscale
         else:
