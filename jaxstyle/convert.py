@@ -196,6 +196,24 @@ def convert(kind: str, in_path: str | os.PathLike, out_path: str | os.PathLike) 
     return weights.save(out_path, flat, architecture=architecture, preprocessing=preprocessing, source=source)
 
 
+def script_main(kind: str, input_help: str, description: str, argv: list[str] | None = None) -> int:
+    """The command line of ``scripts/convert_*.py``: ``IN OUT``, one line out, exit 1 on errors."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=f"convert_{kind.replace('-', '_')}", description=description)
+    parser.add_argument("input", help=input_help)
+    parser.add_argument("output", help="jaxstyle weights file to write (.npz)")
+    args = parser.parse_args(argv)
+    try:
+        meta = convert(kind, args.input, args.output)
+    except JaxstyleError as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    print(summary(args.output, meta))
+    return 0
+
+
 def summary(out_path: str | os.PathLike, meta: Mapping) -> str:
     """One line describing a written weights file, for the command line."""
     count = sum(int(np.prod(shape)) for shape in weights.expected_shapes(meta["architecture"]).values())

@@ -6,26 +6,9 @@ Reads zip and legacy ``torch.save`` files without torch and without running thei
 code; ``classifier.*`` is ignored. The result expects torchvision preprocessing.
 """
 
-import argparse
 import sys
 
 from jaxstyle import convert
-from jaxstyle.errors import JaxstyleError
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="convert_torchvision", description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="torchvision VGG state dict (.pth)")
-    parser.add_argument("output", help="jaxstyle weights file to write (.npz)")
-    args = parser.parse_args(argv)
-    try:
-        meta = convert.convert("torchvision", args.input, args.output)
-    except JaxstyleError as e:
-        print(f"convert: error: {e}", file=sys.stderr)
-        return 1
-    print(convert.summary(args.output, meta))
-    return 0
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(convert.script_main("torchvision", "torchvision VGG state dict (.pth)", __doc__.splitlines()[0]))
