@@ -36,6 +36,8 @@ class StylizeConfig:
     tv_weight: float = _field(2.0, "weight of the total-variation smoothness loss (gamma)")
     content_layers: tuple[str, ...] = _field(CONTENT_LAYERS, "VGG layers whose activations the output keeps")
     style_layers: tuple[str, ...] = _field(STYLE_LAYERS, "VGG layers whose Gram matrices the output matches")
+    content_layer_weights: tuple[float, ...] = _field(
+        (), "one weight per content layer (default: equal weights; each layer is normalised first)")
     style_layer_weights: tuple[float, ...] = _field(
         (), "one weight per style layer (default: equal weights; each layer is normalised first)")
     init: str = _field("content", "start from 'content', 'noise' (seeded white noise) or an image path")
@@ -84,11 +86,13 @@ def check_config(config: StylizeConfig) -> None:
     for name in ("content_weight", "style_weight", "tv_weight", "lr"):
         if not 0 <= getattr(config, name) < math.inf:
             raise UsageError(f"`{name}` must be zero or positive and finite, got {getattr(config, name)}")
-    if any(w < 0 for w in config.style_layer_weights):
-        raise UsageError(f"`style_layer_weights` must be zero or positive, got {config.style_layer_weights}")
-    if config.style_layer_weights and len(config.style_layer_weights) != len(config.style_layers):
-        raise UsageError(f"`style_layer_weights` has {len(config.style_layer_weights)} weights "
-                         f"but there are {len(config.style_layers)} style layers")
+    for kind in ("content", "style"):
+        layer_weights, layers = getattr(config, f"{kind}_layer_weights"), getattr(config, f"{kind}_layers")
+        if any(not 0 <= w < math.inf for w in layer_weights) or (layer_weights and sum(layer_weights) <= 0):
+            raise UsageError(f"`{kind}_layer_weights` must be zero or positive, not all zero, got {layer_weights}")
+        if layer_weights and len(layer_weights) != len(layers):
+            raise UsageError(f"`{kind}_layer_weights` has {len(layer_weights)} weights "
+                             f"but there are {len(layers)} {kind} layers")
     if not config.content_layers and not config.style_layers:
         raise UsageError("give at least one content or style layer")
     if not 0 <= config.ema_decay < 1:
