@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxstyle.losses import sqrtm_psd
 
 # RGB -> YIQ (NTSC 1953), rows Y, I, Q.
-_RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114],
-                         [0.595716, -0.274453, -0.321263],
-                         [0.211456, -0.522591, 0.311135]], jnp.float32)
+# A NumPy constant: a jnp array here would start JAX's backend at import,
+# before the command line can call `jax.distributed.initialize()`.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                        [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], np.float32)
 
 PRESERVE_COLORS = ("none", "luminance", "histogram")
 
@@ -34,7 +37,7 @@ def rgb_to_yiq(image: jax.Array) -> jax.Array:
 
 def yiq_to_rgb(image: jax.Array) -> jax.Array:
     """Inverse of `rgb_to_yiq`."""
-    return image @ jnp.linalg.inv(_RGB_TO_YIQ).T
+    return image @ np.linalg.inv(_RGB_TO_YIQ).T
 
 
 def luminance(image: jax.Array) -> jax.Array:

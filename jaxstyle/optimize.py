@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxstyle import color, losses, vgg
+from jaxstyle import color, losses, strips, vgg
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import JaxstyleError, UsageError
 
@@ -185,6 +185,10 @@ def compute_targets(model: vgg.VGG, params, content: jax.Array, styles: tuple[ja
 
     def stats(i):
         mask = None if style_masks is None else _layer_masks(style_masks[i], style_feats[i])
+        if style_layers and styles[i].shape[0] * styles[i].shape[1] > strips.MAX_PIXELS:
+            # The same statistics summed over strips: the whole image's activations (unused
+            # above, so XLA drops them) never exist at once.
+            return strips.style_statistics(model, params, styles[i], style_layers, kind, mask)
         return {n: losses.style_statistics(f, kind, None if mask is None else mask[n])
                 for n, f in style_feats[i].items()}
 
@@ -207,6 +211,7 @@ def loss_weights(config: StylizeConfig, targets: losses.Targets, blend: Sequence
     With masks, region ``i``'s style loss is also multiplied by ``blend[i]``.
     """
     style_w = config.style_layer_weights or (1.0,) * len(config.style_layers)
+    content_w = config.content_layer_weights or (1.0,) * len(config.content_layers)
     content_norm = losses.normalizers(targets.content)
     region_w = blend if len(targets.style) > 1 else (1.0,)
     style_layers = []
@@ -217,7 +222,7 @@ def loss_weights(config: StylizeConfig, targets: losses.Targets, blend: Sequence
         content=jnp.float32(config.content_weight),
         style=jnp.float32(config.style_weight),
         tv=jnp.float32(config.tv_weight),
-        content_layers={n: content_norm[n] / len(config.content_layers) for n in config.content_layers},
+        content_layers={n: w * content_norm[n] / sum(content_w) for n, w in zip(config.content_layers, content_w)},
         style_layers=tuple(style_layers),
     )
 
@@ -235,8 +240,10 @@ def init_state(optimizer: str, image: jax.Array, lr: float):
     if optimizer == "adam":
         state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
     # Distinct buffers for every leaf: the state is donated to `_run_chunk`,
-    # and optax may initialise several leaves with one shared array.
-    return jax.tree.map(jnp.array, state)
+    # and optax may initialise several leaves with one shared array. An explicit
+    # dtype drops the weak types of L-BFGS's initial scalars, which the first
+    # chunk's outputs no longer have (else the chunk would compile twice).
+    return jax.tree.map(lambda x: jnp.array(x, x.dtype), state)
 
 
 def _layers(targets: losses.Targets) -> tuple[str, ...]:
@@ -349,6 +356,42 @@ def check_inputs(config: StylizeConfig, styles: Sequence, masks: Sequence | None
                              "make them cover the whole image")
 
 
+def check_sizes(config: StylizeConfig, model: vgg.VGG, content_shape: Sequence[int],
+                style_shapes: Sequence[Sequence[int]]) -> None:
+    """Refuse scales at which an image is too small for the deepest layer, before any compute.
+
+    A layer after ``p`` poolings needs at least ``2**p`` pixels on each side of
+    its input, or its activations are empty and the loss is NaN. `StylizeConfig`
+    checks only the longest side, which is not enough for a wide image, the
+    coarse scales of ``multiscale``, or a ``style_scale`` below 1.
+
+    Raises:
+      UsageError: naming the image, its size at that scale, the layer and the minimum.
+    """
+    order = vgg.layer_names(model.blocks)
+
+    def minimum(layers):
+        deepest = max(layers, key=order.index)
+        return deepest, 2 ** sum(n.startswith("pool") for n in order[:order.index(deepest) + 1])
+
+    layer, need = minimum((*config.content_layers, *config.style_layers))
+    for size in scale_sizes(config):
+        h, w = output_shape(content_shape, size)
+        if min(h, w) < need:
+            raise UsageError(f"at size {size} the output is {w}x{h} pixels, too small for layer {layer}, "
+                             f"which needs at least {need} pixels on each side; raise `size`"
+                             + (" or `scales`" if len(scale_sizes(config)) > 1 else ""))
+        if not config.style_layers:
+            continue
+        style_layer, style_need = minimum(config.style_layers)
+        for i, shape in enumerate(style_shapes):
+            h, w = output_shape(shape, round(size * config.style_scale))
+            if min(h, w) < style_need:
+                raise UsageError(f"at size {size} with `style_scale` {config.style_scale}, style image {i + 1} is "
+                                 f"{w}x{h} pixels, too small for layer {style_layer}, which needs at least "
+                                 f"{style_need} pixels on each side; raise `style_scale` or `size`")
+
+
 def model_for_config(network: Network, config: StylizeConfig) -> vgg.VGG:
     """The network module with the config's pooling, padding, dtype and remat."""
     return network.model.clone(pooling=config.pooling, avg_pool_scale=config.avg_pool_scale,
@@ -372,7 +415,8 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
             masks: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
             callback: Callable[[Progress], None] | None = None,
             report_every: int = CHUNK,
-            resume: Checkpoint | None = None) -> np.ndarray:
+            resume: Checkpoint | None = None,
+            mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
     """Paint ``content`` in the style of ``style`` (Gatys et al.).
 
     Args:
@@ -391,6 +435,11 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
         at most `CHUNK` that end at these points.
       resume: continue from a `Progress.checkpoint` of an earlier run with the
         same inputs and config.
+      mesh: optional one-axis mesh (`sharding.row_mesh()`): split the image's
+        rows over its devices, for images too big for one device. The losses
+        still see the whole image (XLA exchanges halos and sums the partial
+        Gram matrices); the result equals the unsharded one up to float32
+        rounding (docs/batch.md).
     Returns:
       The output image, RGB in [0, 1], float32 (h_out, w_out, 3).
     Raises:
@@ -403,6 +452,7 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
     model = model_for_config(network, config)
     check_layers(config, model)
     check_inputs(config, styles, masks)
+    check_sizes(config, model, content.shape, [s.shape for s in styles])
     blend = np.asarray(config.style_blend or [1.0] * len(styles), np.float32)
     blend = blend / blend.sum()
     init = config.init if init is None else init
@@ -456,7 +506,9 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
             last_good = np.asarray(image)
             image, state, ema_state, history = _run_chunk(
                 model, network.params, image, state, ema_state, targets, weights, jnp.int32(n),
-                optimizer=config.optimizer, ema_decay=config.ema_decay)
+                optimizer=config.optimizer, ema_decay=config.ema_decay) if mesh is None else _run_chunk_rows(
+                model, network.params, image, state, ema_state, targets, weights, jnp.int32(n),
+                optimizer=config.optimizer, ema_decay=config.ema_decay, mesh=mesh)
             history = np.asarray(history[:n])
             if not np.all(np.isfinite(history)) or not bool(jnp.all(jnp.isfinite(image))):
                 raise NonFiniteLoss(f"the loss became NaN or Inf between steps {done} and {done + n}; "
@@ -482,3 +534,10 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
 def _output(image: jax.Array, ema_state, config: StylizeConfig) -> jax.Array:
     """The image a run reports: the iterate, or its moving average."""
     return image if not config.ema_decay else averaged(ema_state, config.ema_decay)
+
+
+def _run_chunk_rows(*args, **kwargs):
+    """`sharding.chunk_rows` (imported here, not at the top: it imports this module)."""
+    from jaxstyle import sharding
+
+    return sharding.chunk_rows(*args, **kwargs)

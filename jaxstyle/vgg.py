@@ -215,21 +215,37 @@ def _block(vgg: VGG, x: jax.Array, b: int, last: str) -> dict[str, jax.Array]:
         acts[f"relu{b}_{i}"] = x
         if last == f"relu{b}_{i}":
             return acts
-    if vgg.pooling == "max":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    elif vgg.pooling == "avg":
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2)) * vgg.avg_pool_scale
-    else:
+    if vgg.pooling not in POOLING:
         raise ValueError(f"unknown pooling {vgg.pooling!r}; expected one of {POOLING}")
-    acts[f"pool{b}"] = x
+    x = pool2x2(x, vgg.pooling)
+    acts[f"pool{b}"] = x * vgg.avg_pool_scale if vgg.pooling == "avg" else x
     return acts
+
+
+def pool2x2(x: jax.Array, pooling: str) -> jax.Array:
+    """2x2 max or average pooling with stride 2 of (..., h, w, c); an odd last row or column is dropped.
+
+    The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))`` (VALID
+    padding), written as a reshape and a reduction over the two window axes.
+    XLA:CPU runs that and its gradient (a comparison with the broadcast
+    maximum) as plain fused loops, where ``reduce_window``'s gradient, a
+    variadic reduce-window with index tracking and a scatter, took about 10%
+    of a VGG19 step (BENCHMARKS.md). Where a window has several maxima the
+    gradient is shared equally among them (``reduce_window`` gives it to one);
+    both are subgradients, and after a ReLU such ties are windows of zeros,
+    whose gradient the ReLU discards anyway.
+    """
+    *lead, h, w, c = x.shape
+    windows = x[..., : h // 2 * 2, : w // 2 * 2, :].reshape(*lead, h // 2, 2, w // 2, 2, c)
+    return jnp.max(windows, axis=(-4, -2)) if pooling == "max" else jnp.mean(windows, axis=(-4, -2))
 
 
 VGG19 = functools.partial(VGG, blocks=VGG19_BLOCKS, widths=VGG_WIDTHS)
 VGG16 = functools.partial(VGG, blocks=VGG16_BLOCKS, widths=VGG_WIDTHS)
-# A tiny network with the same layer names as VGG19's default style and
-# content layers (relu1_1 ... relu5_2), for fast tests with random weights.
-_TINY_BLOCKS = (1, 1, 2, 2, 2)
+# A tiny network with the VGG19 layer names that style transfer uses (the
+# first two convolutions of every block: relu1_1, relu1_2, ... relu5_2), for
+# fast tests with random weights.
+_TINY_BLOCKS = (2, 2, 2, 2, 2)
 _TINY_WIDTHS = (4, 6, 8, 8, 8)
 _VGGTiny = functools.partial(VGG, blocks=_TINY_BLOCKS, widths=_TINY_WIDTHS)
 
@@ -238,6 +254,40 @@ ARCHITECTURES = {
     "vgg16": (VGG16_BLOCKS, VGG_WIDTHS),
     "tiny": (_TINY_BLOCKS, _TINY_WIDTHS),
 }
+
+
+def conv_flops(height: int, width: int, layer: str, blocks: Sequence[int] = VGG19_BLOCKS,
+               widths: Sequence[int] = VGG_WIDTHS) -> int:
+    r"""FLOPs of the 3x3 convolutions of one forward pass of one image, up to ``layer``.
+
+    .. math:: \sum_\mathrm{conv} 2 \cdot h_l w_l \cdot 9 \, C_\mathrm{in} C_\mathrm{out}
+
+    (a multiply and an add per kernel tap, padding positions included), with
+    :math:`h_l, w_l` halved (rounded down) by each pooling before the layer.
+    ReLU, pooling and the losses are left out: they are a few per cent. The
+    gradient with respect to the input (what style transfer needs; the kernels
+    are fixed) is a convolution of the same size per layer, so a step of the
+    optimisation costs twice this.
+
+    Args:
+      height, width: the image size in pixels.
+      layer: the deepest layer computed, e.g. "relu5_1" (which needs conv5_1).
+      blocks, widths: the architecture (VGG19 by default).
+    Returns:
+      The FLOP count, an int.
+    """
+    order = layer_names(blocks)
+    if layer not in order:
+        raise ValueError(f"unknown VGG layer {layer!r}; this network has {', '.join(order)}")
+    flops, channels, h, w = 0, 3, height, width
+    for name in order[: order.index(layer) + 1]:
+        if name.startswith("conv"):
+            out = widths[int(name[4]) - 1]
+            flops += 2 * h * w * 9 * channels * out
+            channels = out
+        elif name.startswith("pool"):
+            h, w = h // 2, w // 2
+    return flops
 
 
 def init_params(architecture: str, key: jax.Array) -> dict:

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxstyle import vgg
 from jaxstyle._files import atomic_write_bytes
+from jaxstyle.runtime import cache_dir  # re-exported: weights.cache_dir() is public
 from jaxstyle.errors import JaxstyleError
 
 FORMAT = "jaxstyle-vgg/1"
@@ -65,15 +66,6 @@ def default_path() -> pathlib.Path:
     return cache_dir() / "vgg19.npz"
 
 
-def cache_dir() -> pathlib.Path:
-    """The per-user cache directory of jaxstyle (weights, compiled programs)."""
-    if sys.platform == "darwin":
-        base = pathlib.Path.home() / "Library" / "Caches"
-    elif sys.platform == "win32":
-        base = pathlib.Path(os.environ.get("LOCALAPPDATA", pathlib.Path.home() / "AppData" / "Local"))
-    else:
-        base = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
-    return base / "jaxstyle"
 
 
 def expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:

@@ -9,13 +9,19 @@ fails every test that uses the fixture, with the fetch's own message.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from jaxstyle import vgg, weights
+from jaxstyle import runtime, vgg, weights
+
+# The command line turns on the persistent compilation cache in the user's cache
+# directory; tests that run it must not fill that. tests/test_speed.py checks the
+# cache with directories of its own.
+os.environ.setdefault(runtime.CACHE_ENV, "off")
 
 
 @pytest.fixture(scope="session")

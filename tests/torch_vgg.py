@@ -19,7 +19,7 @@ _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 # torchvision: RGB in [0, 1], standardised.
 _TORCHVISION_MEAN = np.array([0.485, 0.456, 0.406])
 _TORCHVISION_STD = np.array([0.229, 0.224, 0.225])
-_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3), "tiny": (1, 1, 2, 2, 2)}
+_BLOCKS = {"vgg19": (2, 2, 4, 4, 4), "vgg16": (2, 2, 3, 3, 3), "tiny": (2, 2, 2, 2, 2)}
 
 
 def preprocess(image: np.ndarray, preprocessing: str) -> np.ndarray:

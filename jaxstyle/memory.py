@@ -1,0 +1,134 @@
+"""How much memory a run needs, so that a size too big is refused before any compute.
+
+A step of the optimisation runs the VGG network forward and backward at the
+output size. Its memory is dominated by the activations the forward pass keeps
+for the backward pass: VGG19 has 64 channels at full resolution, about 600
+float32 activations per output pixel up to ``relu5_1``, far more than the
+image and the optimiser's copies of it. The estimate is
+
+    peak = BASE + ACTIVATION_FACTOR * 4 * A + IMAGE_COPIES * 4 * (h * w * 3)
+
+where ``A`` is the number of elements of every activation (conv, ReLU, pool)
+from ``conv1_1`` to the deepest layer the losses read, at the largest scale,
+and ``IMAGE_COPIES`` counts the image-sized buffers of the optimiser (Adam:
+the iterate, its gradient, two moments, the average; L-BFGS adds its 10
+curvature pairs). The style images go through the network once per scale,
+forward only, at ``style_scale`` times the size; with ``--style-scale`` above
+about 1.5 that pass, ``STYLE_FACTOR * 4 * A_style`` summed over the style
+images, is the larger one, and the estimate takes the larger of the two.
+
+``BASE`` and ``ACTIVATION_FACTOR`` come from measurements on XLA:CPU with the
+real VGG19 (``scripts/measure_memory.py``: peak RSS of one optimisation chunk
+in a fresh process, sizes 128 to 1024): peak ~ 620 MiB (Adam) or 750 MiB
+(L-BFGS, whose line search compiles a larger program) + 1.7-1.9 * 4A. The
+constants round both up, so the estimate is 7-27% above every measurement
+(most at small sizes, where the fixed part dominates).
+``--remat`` is not counted: on XLA:CPU it measured no lower (384 px: 1124 MiB
+with it, 1066 without; 768 px: 2409 and 2270). The style pass measured
+~480 MiB + 0.73 * 4 A_style (``--style-scale 3`` at 384 and 512 px: 2240 and
+3618 MiB; the estimate gives 2729 and 4232).
+
+The limit is the machine's physical memory, and the check applies only to the
+CPU backend: there the arrays live in RAM and a run past it is killed by the
+operating system (or swaps for hours) instead of failing cleanly. A GPU or TPU
+reports its own out-of-memory error, which the command line turns into a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from jaxstyle import vgg
+from jaxstyle.config import StylizeConfig
+from jaxstyle.errors import UsageError
+
+BASE = 800 * 2**20  # bytes: Python, JAX, XLA, the weights and the compiled step (measured 620-750 MiB)
+ACTIVATION_FACTOR = 2.0  # peak bytes per activation byte (measured 1.7-1.9 from 128 to 1024 px)
+ADAM_IMAGE_COPIES = 8
+LBFGS_IMAGE_COPIES = ADAM_IMAGE_COPIES + 2 * 10 + 4  # + 10 curvature pairs (s, y) and line-search points
+STYLE_FACTOR = 0.8  # the style images' forward pass: peak bytes per activation byte (measured 0.73)
+
+
+def activation_elements(blocks: Sequence[int], widths: Sequence[int], hw: tuple[int, int], deepest: str) -> int:
+    """Elements of all activations of one forward pass, from conv1_1 through ``deepest``.
+
+    Args:
+      blocks, widths: the VGG architecture (convolutions per block, channels per block).
+      hw: (h, w) of the input image.
+      deepest: the deepest layer computed, e.g. "relu5_1".
+    Returns:
+      The number of float elements: sum over layers of h_l * w_l * c_l.
+    """
+    order = vgg.layer_names(blocks)
+    h, w = hw
+    total = 0
+    for name in order[: order.index(deepest) + 1]:
+        if name.startswith("pool"):
+            h, w = h // 2, w // 2  # 2x2 pooling, stride 2, no padding
+        total += h * w * widths[int(name[4]) - 1]  # conv3_1, relu3_1, pool3: block 3
+    return total
+
+
+def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
+               widths: Sequence[int], style_shapes: Sequence[Sequence[int]] = ()) -> int:
+    """Estimated peak memory of a run of ``config``, in bytes.
+
+    Args:
+      config: the settings; the largest scale (``config.size``) decides.
+      content_shape, style_shapes: shapes of the content and style images.
+      blocks, widths: the VGG architecture.
+    Returns:
+      The estimate of the module docs. The network's compute dtype is taken
+      as float32 (bfloat16 would halve the activations: the estimate errs
+      high), and ``remat`` is not counted.
+    """
+    from jaxstyle.optimize import output_shape  # the same rounding as the run
+
+    h, w = output_shape(content_shape, config.size)
+    order = vgg.layer_names(blocks)
+    deepest = max((*config.content_layers, *config.style_layers), key=order.index)
+    copies = LBFGS_IMAGE_COPIES if config.optimizer == "lbfgs" else ADAM_IMAGE_COPIES
+    step = ACTIVATION_FACTOR * 4 * activation_elements(blocks, widths, (h, w), deepest) + copies * 4 * h * w * 3
+    style_deepest = max(config.style_layers, key=order.index, default=None)
+    style = STYLE_FACTOR * 4 * sum(
+        activation_elements(blocks, widths, output_shape(s, round(config.size * config.style_scale)), style_deepest)
+        for s in style_shapes) if style_deepest else 0
+    return int(BASE + max(step, style))
+
+
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
+                 widths: Sequence[int], style_shapes: Sequence[Sequence[int]] = (), *,
+                 available: int | None = None) -> None:
+    """Refuse a run whose `peak_bytes` exceed ``available`` (default: the physical memory).
+
+    Raises:
+      UsageError: with the estimate, the limit and the largest ``size`` that fits.
+    """
+    available = physical_memory() if available is None else available
+    need = peak_bytes(config, content_shape, blocks, widths, style_shapes)
+    if available is None or need <= available:
+        return
+    fits = lambda size: peak_bytes(config.replace(size=size, scales=()), content_shape,  # noqa: E731
+                                   blocks, widths, style_shapes) <= available
+    low, high = 16, config.size  # largest size that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    advice = f"use --size {low} or less" if fits(low) else "free some memory"
+    raise UsageError(f"--size {config.size} needs about {_gib(need)} GiB of memory and this machine has "
+                     f"{_gib(available)} GiB; {advice} (--remat does not lower this peak on the CPU)")
+
+
+def _gib(n: float) -> str:
+    g = n / 2**30
+    return f"{g:.1f}" if g < 10 else f"{g:,.0f}"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# jaxstyle on one GPU: ms per step at 512 and 1024 px, batch throughput at 256 px, and the
+# achieved TFLOP/s against the FLOP count of a step.
+#
+#     bash scripts/device_bench.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else out/device
+#
+# Written for a lent H200 with 15 minutes of device time in all: everything below takes about
+# 6-8 minutes (each part is capped with `timeout`), so a rerun fits. It uses the JAX already
+# installed when it sees a GPU, else installs jax[cuda12] with pip (the machine may reach only
+# package registries). Without the real VGG19 weights (and no way to fetch them) it uses random
+# weights of the same shapes: the FLOPs and the time per step do not depend on the values.
+#
+# The FLOP count of a step (`vgg.conv_flops`): the 3x3 convolutions of the forward pass to
+# relu5_1, 2*h*w*9*Cin*Cout each (13 layers), plus the input-gradient convolution of each,
+# which costs the same; no kernel gradients (the weights are fixed). ReLU, pooling, Gram
+# matrices and the optimiser are left out (a few per cent). At 512 x 341 px that is
+# 250.4 GFLOP per step; at 1024 x 683 px 1006.5 GFLOP (tests/test_speed.py checks the formula).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-out/device}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+log() { echo "[device_bench $(date +%H:%M:%S)] $*" >&2; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || log "no nvidia-smi"
+
+has_gpu() { timeout 120 "$PY" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; }
+if ! has_gpu; then
+    log "no JAX with a GPU here: pip install jax[cuda12] (then jax[cuda13])"
+    timeout 300 "$PY" -m pip install -q -U "jax[cuda12]" || timeout 300 "$PY" -m pip install -q -U "jax[cuda13]" || true
+fi
+if ! has_gpu; then
+    log "JAX still sees no GPU; stopping"
+    exit 1
+fi
+if ! "$PY" -c 'import jaxstyle, flax, optax' 2>/dev/null; then
+    log "installing jaxstyle (editable) and its dependencies"
+    timeout 300 "$PY" -m pip install -q -e . || exit 1
+fi
+"$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
+
+WEIGHTS=()
+if ! timeout 120 "$PY" -c 'from jaxstyle import weights; weights.fetch()' 2>/dev/null; then
+    log "no real VGG19 weights and no way to fetch them: random weights of the same shapes"
+    WEIGHTS=(--random-weights)
+fi
+
+export JAX_PLATFORMS=cuda
+# 1. ms per step at 512 and 1024 px, batch 1, float32 and bfloat16 (Gram and losses in float32).
+timeout 300 "$PY" scripts/bench.py --platform cuda --sizes 512 1024 --no-cold --rounds 5 --steps 50 \
+    --variant "float32:" --variant "bfloat16:dtype=bfloat16" "${WEIGHTS[@]}" \
+    --json "$OUT_DIR/steps.json" | tee "$OUT_DIR/steps.md"
+# 2. throughput at 256 px: batches of 1, 8, 32 (float32) and 32 (bfloat16).
+timeout 300 "$PY" scripts/bench.py --platform cuda --sizes 256 --no-cold --rounds 5 --steps 50 \
+    --variant "b1:batch=1" --variant "b8:batch=8" --variant "b32:batch=32" \
+    --variant "b32-bf16:batch=32;dtype=bfloat16" "${WEIGHTS[@]}" \
+    --json "$OUT_DIR/batch.json" | tee "$OUT_DIR/batch.md"
+
+"$PY" - "$OUT_DIR" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+print("\n| size (h x w) | program | batch | ms/step | images/s | GFLOP/step | TFLOP/s | XLA temp MiB |")
+print("|---|---|---|---|---|---|---|---|")
+for name in ("steps.json", "batch.json"):
+    path = out / name
+    if not path.exists():
+        continue
+    for r in json.loads(path.read_text()):
+        flops = r["ready"]["flops"] * r["batch"]
+        temp = r["ready"].get("temp_bytes") or 0
+        print(f"| {r['size']} ({r['shape'][0]} x {r['shape'][1]}) | {r['program']} | {r['batch']} | "
+              f"{1e3 * r['s_per_step']:.2f} | {r['batch'] / r['s_per_step']:.1f} | {flops / 1e9:.1f} | "
+              f"{flops / r['s_per_step'] / 1e12:.1f} | {temp / 2**20:.0f} |")
+EOF

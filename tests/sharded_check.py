@@ -1,0 +1,128 @@
+"""Sharded runs against unsharded ones, on fake CPU devices; run by tests/test_batch.py in a subprocess.
+
+The number of devices is fixed when JAX starts, so this runs as its own
+process with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set
+before JAX is imported:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharded_check.py
+
+Each check compares with NumPy (``assert_allclose``, stated tolerances) and
+records facts about the arrays' shardings; the process prints them as one
+JSON object on its last line and exits non-zero if a check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from jaxstyle import batch, optimize, sharding, vgg, weights
+from jaxstyle.config import StylizeConfig
+
+RTOL, ATOL = 1e-5, 1e-6  # sharding changes the order of float32 sums, nothing else
+
+
+def _network() -> optimize.Network:
+    params = vgg.init_params("tiny", jax.random.key(0))
+    keys = iter(jax.random.split(jax.random.key(1), 100))
+    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
+    return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)
+
+
+def _photo(height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x / (width - 1), y / (height - 1), 0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 4.0)], -1)
+    return np.clip(image + np.random.default_rng(3).normal(0, 0.05, image.shape), 0, 1).astype(np.float32)
+
+
+def _spec(array: jax.Array) -> dict:
+    s = array.sharding
+    return {"spec": [a for a in s.spec], "devices": len(s.device_set),
+            "shard_shapes": sorted({tuple(x.data.shape) for x in array.addressable_shards})}
+
+
+def check_batch(network, contents, style, facts):
+    """A batch of 6 (padded to 8) over 4 devices equals the same batch on 1 device."""
+    cfg = StylizeConfig(size=32, steps=12, init="noise")
+    seen = []
+    sharded = batch.stylize_batch(contents, style, network, cfg, seeds=range(len(contents)),
+                                  callback=lambda p: seen.append(p.images))
+    single = batch.stylize_batch(contents, style, network, cfg, seeds=range(len(contents)),
+                                 mesh=sharding.batch_mesh(jax.local_devices()[:1]))
+    for a, b in zip(sharded, single):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    facts["batch"] = _spec(seen[-1])
+
+
+def check_sweep(network, content, style, facts):
+    """A sweep of 4 points over 4 devices equals the same sweep on 1 device."""
+    cfg = StylizeConfig(size=32, steps=12)
+    grid = {"style_weight": [1.0, 100.0], "tv_weight": [0.0, 5.0]}
+    seen = []
+    sharded = batch.sweep(content, style, network, cfg, grid=grid, callback=lambda p: seen.append(p.images))
+    single = batch.sweep(content, style, network, cfg, grid=grid, mesh=sharding.batch_mesh(jax.local_devices()[:1]))
+    for (pa, a), (pb, b) in zip(sharded, single):
+        assert pa == pb
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    facts["sweep"] = _spec(seen[-1])
+
+
+def check_rows(network, content, style, facts):
+    """One image split by rows over 4 devices equals the unsharded run; activations are split too.
+
+    ``content`` is 64x48: at size 64, 16 rows per device (relu5_1 is 4 poolings
+    deep, `sharding.fit_row_mesh`); at 70, uneven shards; at 40, only 2 devices.
+    """
+    # Sharding changes the order of float32 sums; the optimisation can amplify that
+    # like any perturbation. On a photo-like image Adam keeps it near 1e-6 over 20
+    # steps (on uniform noise, a 1e-6 change of the start grows to 4e-2 in 40 steps,
+    # sharded or not). L-BFGS amplifies more (its line search compares values), so it
+    # is compared over 10 steps.
+    for optimizer, size, steps, atol in [("adam", 64, 20, ATOL), ("adam", 70, 10, ATOL), ("adam", 40, 10, ATOL),
+                                         ("lbfgs", 64, 10, 1e-5)]:
+        cfg = StylizeConfig(size=size, steps=steps, optimizer=optimizer)
+        seen = []
+        sharded = optimize.stylize(content, style, network, cfg, mesh=sharding.row_mesh(),
+                                   callback=lambda p: seen.append(p.checkpoint.image))
+        plain = optimize.stylize(content, style, network, cfg)
+        np.testing.assert_allclose(sharded, plain, rtol=RTOL, atol=atol, err_msg=f"rows, {optimizer}, size {size}")
+        facts[f"rows_{optimizer}_{size}"] = {**_spec(seen[-1]), "max_abs_diff": float(np.abs(sharded - plain).max())}
+    # Per-device scratch memory of one chunk's program, 4 devices against 1.
+    cfg = StylizeConfig(size=64, steps=10)
+    image = optimize.resize(content, optimize.output_shape(content.shape, 64))
+    targets = optimize.compute_targets(network.model, network.params, image, (style,), np.ones(1, np.float32),
+                                       content_layers=cfg.content_layers, style_layers=cfg.style_layers)
+    w = optimize.loss_weights(cfg, targets)
+    state = optimize.init_state("adam", image, cfg.lr)
+    temp = {}
+    for n in (1, 4):
+        compiled = sharding.run_chunk_rows.lower(network.model, network.params, image, state, None, targets, w,
+                                                 np.int32(10), optimizer="adam", ema_decay=0.0,
+                                                 mesh=sharding.row_mesh(jax.local_devices()[:n])).compile()
+        temp[n] = compiled.memory_analysis().temp_size_in_bytes
+    facts["rows_temp_bytes"] = temp
+
+
+def main() -> int:
+    facts = {"devices": jax.local_device_count()}
+    rng = np.random.default_rng(0)
+    contents = [rng.random((30, 40, 3)).astype(np.float32) for _ in range(6)]
+    style = rng.random((30, 30, 3)).astype(np.float32)
+    big = _photo(64, 48)  # smooth, like a photo: random pixels make Adam amplify rounding (see check_rows)
+    network = _network()
+    checks = sys.argv[1:] or ["batch", "sweep", "rows"]
+    if "batch" in checks:
+        check_batch(network, contents, style, facts)
+    if "sweep" in checks:
+        check_sweep(network, contents[0], style, facts)
+    if "rows" in checks:
+        check_rows(network, big, style, facts)
+    print(json.dumps(facts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
