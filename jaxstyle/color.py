@@ -32,12 +32,12 @@ PRESERVE_COLORS = ("none", "luminance", "histogram")
 
 def rgb_to_yiq(image: jax.Array) -> jax.Array:
     """RGB (h, w, 3) -> YIQ (h, w, 3): Y is luminance, I and Q are chrominance."""
-    return image @ _RGB_TO_YIQ.T
+    return jnp.asarray(image) @ jnp.asarray(_RGB_TO_YIQ.T)
 
 
 def yiq_to_rgb(image: jax.Array) -> jax.Array:
     """Inverse of `rgb_to_yiq`."""
-    return image @ np.linalg.inv(_RGB_TO_YIQ).T
+    return jnp.asarray(image) @ jnp.asarray(np.linalg.inv(_RGB_TO_YIQ).T)
 
 
 def luminance(image: jax.Array) -> jax.Array:
