@@ -395,11 +395,11 @@ def test_avg_pool_scale_multiplies_the_average_pooled_activations(tiny):
     image = jnp.asarray(_photo(24, 32))
     plain = optimize.model_for_config(tiny, CFG.replace(pooling="avg", avg_pool_scale=1.0))
     scaled = optimize.model_for_config(tiny, CFG.replace(pooling="avg", avg_pool_scale=2.5))
-    a = plain.apply({"params": tiny.params}, image, ("relu1_1", "pool1"))
-    b = scaled.apply({"params": tiny.params}, image, ("relu1_1", "pool1"))
+    a = plain.apply({"params": tiny.params}, image, ("relu1_2", "pool1"))
+    b = scaled.apply({"params": tiny.params}, image, ("relu1_2", "pool1"))
     np.testing.assert_allclose(b["pool1"], 2.5 * np.asarray(a["pool1"]), rtol=1e-6, atol=0)
-    # Against NumPy: the mean of each 2x2 block of relu1_1, times the scale.
-    r = np.asarray(a["relu1_1"], np.float64)
+    # Against NumPy: the mean of each 2x2 block of relu1_2 (the last activation before pool1), times the scale.
+    r = np.asarray(a["relu1_2"], np.float64)
     blocks = r.reshape(12, 2, 16, 2, -1).mean((1, 3))
     np.testing.assert_allclose(b["pool1"], 2.5 * blocks, rtol=RTOL, atol=1e-5 * np.abs(blocks).max())
 

@@ -297,8 +297,8 @@ def test_a_size_beyond_memory_is_refused_before_compute(files, tiny_weights, tmp
 
 def test_memory_estimate_counts_the_activations_and_advises_a_size_that_fits():
     blocks, widths = vgg.ARCHITECTURES["tiny"]  # widths 4, 6, 8, ...
-    # 32x32: conv1_1, relu1_1 (4 channels), pool1 (16x16), conv2_1, relu2_1 (6 channels at 16x16).
-    assert memory.activation_elements(blocks, widths, (32, 32), "relu2_1") == 2 * 4 * 1024 + 4 * 256 + 2 * 6 * 256
+    # 32x32: conv1_1, relu1_1, conv1_2, relu1_2 (4 channels), pool1 (16x16), conv2_1, relu2_1 (6 channels at 16x16).
+    assert memory.activation_elements(blocks, widths, (32, 32), "relu2_1") == 4 * 4 * 1024 + 4 * 256 + 2 * 6 * 256
     vgg19 = vgg.ARCHITECTURES["vgg19"]
     config = StylizeConfig(size=384)
     # Measured (scripts/measure_memory.py): 1066 MiB (Adam) and 1205 MiB (L-BFGS) at 384x255 on XLA:CPU.
