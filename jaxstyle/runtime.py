@@ -2,7 +2,9 @@
 
 These are effects on the whole process, so only the edge calls them: the
 command line (and the benchmark scripts), once, before the first compile.
-The library itself never changes global JAX state.
+The library itself never changes global JAX state; a program that calls
+`jaxstyle.optimize.stylize` directly gets the same settings by calling
+`configure()` first.
 
 - The persistent compilation cache keeps compiled programs in
   ``cache_dir() / "xla"``, so a second run with the same
@@ -15,13 +17,14 @@ The library itself never changes global JAX state.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import sys
 
 CACHE_ENV = "JAXSTYLE_XLA_CACHE"
-# Least-recently-used entries are deleted above this size. One VGG19 step
-# program is a few MB; this holds hundreds of (size, options) combinations.
+# Least-recently-used entries are deleted above this size (when the filelock package is
+# there). A run's programs take under 1 MB; this holds thousands of (size, options) runs.
 CACHE_MAX_BYTES = 2 * 2**30
 
 # XLA:CPU flags, measured in BENCHMARKS.md ("XLA:CPU flags"). The memory-optimised
@@ -78,8 +81,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
         "jax_compilation_cache_dir": str(path),
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_persistent_cache_min_entry_size_bytes": -1,  # -1: no size floor
-        "jax_compilation_cache_max_size": CACHE_MAX_BYTES,
     }
+    if importlib.util.find_spec("filelock") is not None:  # JAX evicts old entries only with filelock
+        settings["jax_compilation_cache_max_size"] = CACHE_MAX_BYTES
     if "jax" in sys.modules:
         import jax
 

@@ -14,7 +14,7 @@
 # relu5_1, 2*h*w*9*Cin*Cout each (13 layers), plus the input-gradient convolution of each,
 # which costs the same; no kernel gradients (the weights are fixed). ReLU, pooling, Gram
 # matrices and the optimiser are left out (a few per cent). At 512 x 341 px that is
-# 250.4 GFLOP per step; at 1024 x 683 px 1006.5 GFLOP (tests/test_speed.py checks the formula).
+# 250.4 GFLOP per step; at 1024 x 681 px 1005.8 GFLOP (tests/test_speed.py checks the formula).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-out/device}}
