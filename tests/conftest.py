@@ -44,3 +44,14 @@ def tiny_weights(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("tiny_weights") / "tiny.npz"
     weights.save(path, flat, architecture="tiny", preprocessing="caffe", source="random test weights")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny random network (with non-zero biases) as an `optimize.Network`, for fast in-process runs."""
+    from jaxstyle import optimize
+
+    params = vgg.init_params("tiny", jax.random.key(0))
+    keys = iter(jax.random.split(jax.random.key(1), 100))
+    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
+    return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)

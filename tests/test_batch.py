@@ -34,13 +34,6 @@ HERE = pathlib.Path(__file__).parent
 JAXSTYLE = pathlib.Path(sys.executable).with_name("jaxstyle")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    params = vgg.init_params("tiny", jax.random.key(0))
-    keys = iter(jax.random.split(jax.random.key(1), 100))
-    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
-    return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)
-
 
 def _photo(height: int, width: int, seed: int) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width]

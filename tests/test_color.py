@@ -108,13 +108,6 @@ def test_match_color_histogram_against_numpy_and_its_stated_statistics():
     assert np.abs(mean_s - mean_c).max() > 0.25
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    params = vgg.init_params("tiny", jax.random.key(0))
-    keys = iter(jax.random.split(jax.random.key(1), 100))
-    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
-    return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)
-
 
 CFG = StylizeConfig(size=32, steps=100)  # 40x30 inputs give 32x24 outputs
 

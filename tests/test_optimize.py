@@ -10,14 +10,6 @@ from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    params = vgg.init_params("tiny", jax.random.key(0))
-    keys = iter(jax.random.split(jax.random.key(1), 100))
-    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
-    model = weights.model_for({"architecture": "tiny", "preprocessing": "caffe"})
-    return optimize.Network(model, params)
-
 
 @pytest.fixture(scope="module")
 def images():

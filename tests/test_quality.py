@@ -57,13 +57,6 @@ def _tv(image):
     return float(losses.total_variation(jnp.asarray(image, jnp.float32)))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    params = vgg.init_params("tiny", jax.random.key(0))
-    keys = iter(jax.random.split(jax.random.key(1), 100))
-    params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
-    return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)
-
 
 @pytest.fixture(scope="module")
 def base(tiny):
