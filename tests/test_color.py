@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from synthetic import photo as _photo
 import scipy.linalg
 
 from jaxstyle import color, optimize, vgg, weights
@@ -23,13 +24,6 @@ YIQ = np.array([[0.299, 0.587, 0.114],
                 [0.595716, -0.274453, -0.321263],
                 [0.211456, -0.522591, 0.311135]])
 ATOL = 1e-6  # float32 pixel arithmetic against float64, pixels in [0, 1]
-
-
-def _photo(h=30, w=40, seed=1):
-    """Smooth grey-ish gradients with noise: a content image with every colour direction present."""
-    y, x = np.mgrid[0:h, 0:w]
-    im = np.stack([x / (w - 1), y / (h - 1), 0.5 + 0.3 * np.sin(x / 5) * np.cos(y / 4)], -1)
-    return np.clip(im + np.random.default_rng(seed).normal(0, 0.05, im.shape), 0, 1).astype(np.float32)
 
 
 def _red_painting(h=30, w=40, seed=2):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from synthetic import photo as _photo
 import scipy.linalg
 
 from jaxstyle import cli, images, losses, optimize, vgg, weights
@@ -24,13 +25,6 @@ DIFFERS = 4 / 255  # an option that claims to change the output moves pixels by 
 
 CFG = StylizeConfig(size=32, steps=20)  # 40x30 inputs give 32x24 outputs
 OUT_HW = (24, 32)
-
-
-def _photo(h=30, w=40, seed=1):
-    """Content: smooth colour gradients with some texture and noise."""
-    y, x = np.mgrid[0:h, 0:w]
-    im = np.stack([x / (w - 1), y / (h - 1), 0.5 + 0.3 * np.sin(x / 5) * np.cos(y / 4)], -1)
-    return np.clip(im + np.random.default_rng(seed).normal(0, 0.05, im.shape), 0, 1).astype(np.float32)
 
 
 def _painting(h=30, w=40, seed=2):
