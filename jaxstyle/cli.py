@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _weights_command(args)
         # Before any compile: the XLA:CPU flags and the persistent compilation cache
         # (a second run of the same size loads its programs; $JAXSTYLE_XLA_CACHE=off disables it).
-        runtime.configure()
+        runtime.configure(low_memory=bool(getattr(args, "remat", False)))
         if args.command == "batch":
             return _batch_command(args)
         if args.command == "sweep":
@@ -230,8 +230,7 @@ def _stylize_command(args: argparse.Namespace) -> int:
 
     from jaxstyle import optimize, weights  # jax starts here, after the checks
 
-    params, meta = weights.load(args.weights)
-    network = optimize.Network(weights.model_for(meta), params)
+    network, meta = _load_network(args.weights)
     optimize.check_layers(config, network.model)
     optimize.check_inputs(config, styles, masks)
     import jax
@@ -514,8 +513,7 @@ def _batch_command(args: argparse.Namespace) -> int:
     process, processes = _start_processes(args)
     from jaxstyle import batch, optimize, weights
 
-    params, meta = weights.load(args.weights)
-    network = optimize.Network(weights.model_for(meta), params)
+    network, meta = _load_network(args.weights)
     model = optimize.model_for_config(network, config)
     optimize.check_layers(config, model)
     optimize.check_inputs(config, styles, None)
@@ -648,8 +646,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     from jaxstyle import batch, optimize, weights  # jax starts here, after the checks
 
     batch.check_grid(config, grid, init=init)
-    params, meta = weights.load(args.weights)
-    network = optimize.Network(weights.model_for(meta), params)
+    network, meta = _load_network(args.weights)
     optimize.check_sizes(config, optimize.model_for_config(network, config), content.shape,
                          [s.shape for s in styles])
     bar = None if args.quiet else _progress_bar(config.steps * len(optimize.scale_sizes(config)) * len(points))
@@ -687,6 +684,17 @@ def _sweep_command(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {len(points) - len(failed)} images and the contact sheet {sheet_path}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _load_network(path: str | None):
+    """The weights at ``path`` (default: `weights.default_path`) on the device: ``(optimize.Network, meta)``."""
+    import jax
+
+    from jaxstyle import optimize, weights
+
+    params, meta = weights.load(path)
+    # One copy, on the device: the host arrays are freed, and the steps do not copy them again.
+    return optimize.Network(weights.model_for(meta), jax.device_put(params)), meta
 
 
 def _row_mesh():

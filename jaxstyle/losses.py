@@ -208,12 +208,16 @@ def style_target(stats, kind: str):
     return stats
 
 
-def style_distance(features: jax.Array, target, kind: str, mask: jax.Array | None = None) -> jax.Array:
-    """Distance between one layer's features and a style target (`gram_distance` or W2)."""
-    stats = style_statistics(features, kind, mask)
+def statistics_distance(stats, target, kind: str) -> jax.Array:
+    """Distance between one layer's style statistics and a style target (`gram_distance` or W2)."""
     if kind == "gram":
         return gram_distance(stats, target)
     return wasserstein2_distance(stats, target)
+
+
+def style_distance(features: jax.Array, target, kind: str, mask: jax.Array | None = None) -> jax.Array:
+    """Distance between one layer's features and a style target (`gram_distance` or W2)."""
+    return statistics_distance(style_statistics(features, kind, mask), target, kind)
 
 
 def style_loss(features: Mapping[str, jax.Array], targets: Mapping[str, Any],
@@ -332,6 +336,20 @@ class Weights:
     style_layers: tuple[dict[str, jax.Array], ...]
 
 
+def region_statistics(features: Mapping[str, jax.Array], targets: Targets) -> tuple[dict[str, Any], ...]:
+    """The style statistics of the image being optimised, per style region and layer.
+
+    Args:
+      features: layer name -> activations (h, w, c), for every style layer.
+      targets: gives the regions' layers, masks and the kind of statistics.
+    Returns:
+      One dict per region of ``targets.style``: layer name -> `style_statistics`.
+    """
+    return tuple({name: style_statistics(features[name], targets.kind, None if masks is None else masks[name])
+                  for name in region}
+                 for region, masks in zip(targets.style, targets.masks))
+
+
 def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Targets,
                weights: Weights) -> dict[str, jax.Array]:
     r"""The three weighted terms of the objective, for one image.
@@ -345,10 +363,31 @@ def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Tar
       ``{"content": \alpha \sum_l a_l L^l_c, "style": \beta \sum_l b_l L^l_s,
       "tv": \gamma TV(x)}``, float32 scalars.
     """
-    content = sum(weights.content_layers[name] * content_loss(features[name], target)
+    return loss_terms_of_statistics(image, features, region_statistics(features, targets), targets, weights)
+
+
+def loss_terms_of_statistics(image: jax.Array, content_features: Mapping[str, jax.Array],
+                             style_stats: tuple[Mapping[str, Any], ...], targets: Targets,
+                             weights: Weights) -> dict[str, jax.Array]:
+    r"""`loss_terms` from what the objective needs of the network: content activations and style statistics.
+
+    The objective depends on the image only through these (and through the
+    pixels, for TV). Style statistics are sums over positions, so they can be
+    computed elsewhere piece by piece (`jaxstyle.strips`) and passed in.
+
+    Args:
+      image: the image being optimised, RGB in [0, 1], (h, w, 3).
+      content_features: layer name -> activations (h, w, c), for every content layer.
+      style_stats: per region, layer name -> statistics, as `region_statistics` gives them.
+      targets, weights: as in `loss_terms`.
+    Returns:
+      The same dict as `loss_terms`.
+    """
+    content = sum(weights.content_layers[name] * content_loss(content_features[name], target)
                   for name, target in targets.content.items())
-    style = sum(style_loss(features, region, layer_weights, kind=targets.kind, masks=masks)
-                for region, layer_weights, masks in zip(targets.style, weights.style_layers, targets.masks))
+    style = sum(layer_weights[name] * statistics_distance(stats[name], target, targets.kind)
+                for region, stats, layer_weights in zip(targets.style, style_stats, weights.style_layers)
+                for name, target in region.items())
     return {
         "content": weights.content * content,
         "style": weights.style * style,

@@ -71,6 +71,35 @@ def activation_elements(blocks: Sequence[int], widths: Sequence[int], hw: tuple[
     return total
 
 
+def step_activation_elements(config: StylizeConfig, blocks: Sequence[int], widths: Sequence[int],
+                             hw: tuple[int, int], deepest: str) -> int:
+    """Elements of the activations a step keeps for its backward pass (`activation_elements`).
+
+    Without ``remat``, every activation of the image. With it, each stage cut
+    at `strips.REMAT_SPLITS` holds one strip's at a time (its own rows and a
+    halo on each side), and the layers after the last split the whole image's.
+    """
+    if not config.remat:
+        return activation_elements(blocks, widths, hw, deepest)
+    from jaxstyle import strips
+
+    order = vgg.layer_names(blocks)
+    total, start, (h, w) = 0, None, hw
+    for split in strips.REMAT_SPLITS:
+        if order.index(split) >= order.index(deepest):
+            break
+        rows = strips.strip_rows(w, blocks, (split,), strips.REMAT_PIXELS, start) \
+            + 2 * strips.halo_rows(blocks, (split,), start)
+        scale = 2 ** sum(n.startswith("pool") for n in order[: 0 if start is None else order.index(start) + 1])
+        # The stage's layers for a strip: its rows at the input's scale, times the input's rows per image row.
+        strip = min(rows * scale, h), w
+        total += activation_elements(blocks, widths, strip, split) - (
+            activation_elements(blocks, widths, strip, start) if start else 0)
+        start = split
+    return total + activation_elements(blocks, widths, hw, deepest) - (
+        activation_elements(blocks, widths, hw, start) if start else 0)
+
+
 def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
                widths: Sequence[int], style_shapes: Sequence[Sequence[int]] = ()) -> int:
     """Estimated peak memory of a run of ``config``, in bytes.
@@ -90,7 +119,8 @@ def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequ
     order = vgg.layer_names(blocks)
     deepest = max((*config.content_layers, *config.style_layers), key=order.index)
     copies = LBFGS_IMAGE_COPIES if config.optimizer == "lbfgs" else ADAM_IMAGE_COPIES
-    step = ACTIVATION_FACTOR * 4 * activation_elements(blocks, widths, (h, w), deepest) + copies * 4 * h * w * 3
+    step = ACTIVATION_FACTOR * 4 * step_activation_elements(config, blocks, widths, (h, w), deepest) \
+        + copies * 4 * h * w * 3
     style_deepest = max(config.style_layers, key=order.index, default=None)
     style = STYLE_FACTOR * 4 * sum(
         activation_elements(blocks, widths, output_shape(s, round(config.size * config.style_scale)), style_deepest)
@@ -118,15 +148,24 @@ def check_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Se
     need = peak_bytes(config, content_shape, blocks, widths, style_shapes)
     if available is None or need <= available:
         return
-    fits = lambda size: peak_bytes(config.replace(size=size, scales=()), content_shape,  # noqa: E731
-                                   blocks, widths, style_shapes) <= available
-    low, high = 16, config.size  # largest size that fits, by bisection
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if fits(mid) else (low, mid - 1)
-    advice = f"use --size {low} or less" if fits(low) else "free some memory"
+
+    def largest(config: StylizeConfig) -> int | None:
+        """The largest ``size`` whose estimate fits (bisection), or None."""
+        fits = lambda size: peak_bytes(config.replace(size=size, scales=()), content_shape,  # noqa: E731
+                                       blocks, widths, style_shapes) <= available
+        low, high = 16, config.size
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        return low if fits(low) else None
+
+    size = largest(config)
+    advice = f"use --size {size} or less" if size else "free some memory"
+    if not config.remat:
+        remat_size = largest(config.replace(remat=True))
+        advice += f" (with --remat, --size {remat_size} or less)" if remat_size else ""
     raise UsageError(f"--size {config.size} needs about {_gib(need)} GiB of memory and this machine has "
-                     f"{_gib(available)} GiB; {advice} (--remat does not lower this peak on the CPU)")
+                     f"{_gib(available)} GiB; {advice}")
 
 
 def _gib(n: float) -> str:

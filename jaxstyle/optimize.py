@@ -2,7 +2,10 @@
 
 The work is split so that each piece is a pure function of arrays:
 
-- `compute_targets`: content activations and style statistics, once per scale.
+- `content_and_style`: all the objective needs of the network, the content
+  activations and the style statistics of an image; with ``remat``, computed
+  strip by strip so that a step's backward pass holds one strip at a time.
+- `compute_targets`: the content image's and style images' of these, once per scale.
 - `_run_chunk`: up to `CHUNK` optimisation steps on device (`lax.fori_loop`),
   jit-compiled once per image shape and program options (optimiser, layers,
   style loss). Loss weights and the learning rate are traced arguments, so
@@ -156,6 +159,49 @@ def _layer_masks(mask: jax.Array, feats: Mapping[str, jax.Array]) -> dict[str, j
             for name, f in feats.items()}
 
 
+def _strips(model: vgg.VGG, image_shape: Sequence[int], layers: Sequence[str]) -> dict | None:
+    """How `strips.content_and_style` should run an image, or None to run it whole.
+
+    With ``remat``, in stages cut at `strips.REMAT_SPLITS`, each but the last in
+    strips of about `strips.REMAT_PIXELS`; without, only images above
+    `strips.MAX_PIXELS` (huge style images) go in strips, all of the network.
+    """
+    if model.remat:
+        return dict(pixels=strips.REMAT_PIXELS, splits=strips.REMAT_SPLITS)
+    return dict(pixels=strips.STRIP_PIXELS) if image_shape[0] * image_shape[1] > strips.MAX_PIXELS else None
+
+
+def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: tuple[str, ...],
+                      style_layers: tuple[str, ...], kind: str = "gram",
+                      masks: Sequence[Mapping[str, jax.Array] | None] = (None,)) -> tuple[dict, tuple[dict, ...]]:
+    """All the objective needs of the network: content activations and each region's style statistics.
+
+    The network runs over the whole image, or strip by strip (with ``remat``,
+    and for huge images) through `strips.content_and_style`, which gives the
+    same values with one strip's activations in memory at a time.
+
+    Args:
+      model, params: the network.
+      image: RGB in [0, 1], (h, w, 3).
+      content_layers, style_layers: layer names (either may be empty).
+      kind: the style statistics, "gram" or "mean_cov".
+      masks: per style region, None or layer name -> (h_l, w_l) position weights.
+    Returns:
+      ``(content, style)``: layer name -> activations, and per region, layer
+      name -> statistics (`losses.region_statistics`).
+    """
+    layers = tuple(dict.fromkeys(content_layers + style_layers))
+    if not layers:
+        return {}, tuple({} for _ in masks)
+    how = _strips(model, image.shape, layers)
+    if how is not None:
+        return strips.content_and_style(model, params, image, content_layers, style_layers, kind, masks, **how)
+    feats = model.apply({"params": params}, image, layers)
+    return ({name: feats[name] for name in content_layers},
+            tuple({name: losses.style_statistics(feats[name], kind, None if m is None else m[name])
+                   for name in style_layers} for m in masks))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "content_layers", "style_layers", "kind"))
 def compute_targets(model: vgg.VGG, params, content: jax.Array, styles: tuple[jax.Array, ...],
                     blend: jax.Array, content_masks: tuple[jax.Array, ...] | None = None,
@@ -179,18 +225,14 @@ def compute_targets(model: vgg.VGG, params, content: jax.Array, styles: tuple[ja
     Returns:
       `losses.Targets`.
     """
-    network = Network(model, params)
-    content_feats = network.features(content, content_layers) if content_layers else {}
-    style_feats = [network.features(s, style_layers) for s in styles] if style_layers else [{} for _ in styles]
+    def shapes(image):
+        return jax.eval_shape(lambda x: model.apply({"params": params}, x, style_layers), image)
+
+    content_feats = content_and_style(model, params, content, content_layers, ())[0]
 
     def stats(i):
-        mask = None if style_masks is None else _layer_masks(style_masks[i], style_feats[i])
-        if style_layers and styles[i].shape[0] * styles[i].shape[1] > strips.MAX_PIXELS:
-            # The same statistics summed over strips: the whole image's activations (unused
-            # above, so XLA drops them) never exist at once.
-            return strips.style_statistics(model, params, styles[i], style_layers, kind, mask)
-        return {n: losses.style_statistics(f, kind, None if mask is None else mask[n])
-                for n, f in style_feats[i].items()}
+        mask = None if style_masks is None else _layer_masks(style_masks[i], shapes(styles[i]))
+        return content_and_style(model, params, styles[i], (), style_layers, kind, (mask,))[1][0]
 
     per_style = [stats(i) for i in range(len(styles))]
     if content_masks is None:
@@ -199,10 +241,8 @@ def compute_targets(model: vgg.VGG, params, content: jax.Array, styles: tuple[ja
         masks = (None,)
     else:
         regions = tuple({n: losses.style_target(t, kind) for n, t in st.items()} for st in per_style)
-        shape_feats = network.features(content, style_layers) if style_layers else {}
-        masks = tuple(_layer_masks(m, shape_feats) for m in content_masks)
-    return losses.Targets(content={n: content_feats[n] for n in content_layers},
-                          style=regions, masks=masks, kind=kind)
+        masks = tuple(_layer_masks(m, shapes(content)) for m in content_masks)
+    return losses.Targets(content=content_feats, style=regions, masks=masks, kind=kind)
 
 
 def loss_weights(config: StylizeConfig, targets: losses.Targets, blend: Sequence[float] = (1.0,)) -> losses.Weights:
@@ -253,10 +293,8 @@ def _layers(targets: losses.Targets) -> tuple[str, ...]:
 def _objective(network: Network, targets: losses.Targets, weights: losses.Weights,
                optimizer: str) -> Callable[[jax.Array], jax.Array]:
     """The scalar function of the image that the optimiser minimises."""
-    layers = _layers(targets)
-
     def objective(image):
-        loss = losses.total_loss(image, network.features(image, layers), targets, weights)
+        loss = sum(_terms(network.model, network.params, image, targets, weights).values())
         if optimizer == "lbfgs":
             outside = image - jnp.clip(image, 0.0, 1.0)
             loss = loss + RANGE_PENALTY * jnp.mean(outside * outside)
@@ -305,10 +343,14 @@ def averaged(ema_state, ema_decay: float) -> jax.Array:
     return optax.tree.bias_correction(ema_state.ema, ema_decay, ema_state.count)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def _terms(model: vgg.VGG, params, image: jax.Array, targets: losses.Targets, weights: losses.Weights):
-    """The weighted loss terms of ``image``, for progress reports."""
-    return losses.loss_terms(image, Network(model, params).features(image, _layers(targets)), targets, weights)
+    """The weighted loss terms of ``image`` (`losses.loss_terms`)."""
+    style_layers = tuple(dict.fromkeys(n for region in targets.style for n in region))
+    stats = content_and_style(model, params, image, tuple(targets.content), style_layers, targets.kind, targets.masks)
+    return losses.loss_terms_of_statistics(image, *stats, targets, weights)
+
+
+_report_terms = jax.jit(_terms, static_argnames=("model",))  # for progress reports
 
 
 def initial_image(init: str | np.ndarray, content: jax.Array, seed: int) -> jax.Array:
@@ -448,10 +490,14 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
       NonFiniteLoss: the loss became NaN or Inf (carries the last finite image).
     """
     start = time.perf_counter()
+    network = Network(network.model, jax.device_put(network.params))  # not copied again at every chunk
     styles = [jnp.asarray(s) for s in (style if isinstance(style, (list, tuple)) else [style])]
     model = model_for_config(network, config)
     check_layers(config, model)
     check_inputs(config, styles, masks)
+    if mesh is not None and config.remat:
+        raise UsageError("`remat` and a row mesh (--shard-image) both split the image's rows and do not "
+                         "combine; use one of them")
     check_sizes(config, model, content.shape, [s.shape for s in styles])
     blend = np.asarray(config.style_blend or [1.0] * len(styles), np.float32)
     blend = blend / blend.sum()
@@ -519,7 +565,7 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
                 # Copies: `image`, `state` and `ema_state` are donated to the next chunk.
                 current = jnp.array(_output(image, ema_state, config))
                 terms = {key: float(v) for key, v in
-                         _terms(model, network.params, current, targets, weights).items()}
+                         _report_terms(model, network.params, current, targets, weights).items()}
                 chunk_losses, pending = np.concatenate(pending), []
                 callback(Progress(step=k * config.steps + done, steps=total, loss=float(chunk_losses[-1]),
                                   losses=chunk_losses, terms=terms, image=current,

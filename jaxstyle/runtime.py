@@ -34,6 +34,10 @@ CACHE_MAX_BYTES = 2 * 2**30
 # candidates (oneDNN, XNNPACK dots, YNNPACK dots, 512-bit vectors, Eigen instead of
 # YNNPACK convolutions) were not faster.
 DEFAULT_CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",)
+# With --remat (`configure(low_memory=True)`): Eigen's convolutions instead of YNNPACK's.
+# YNNPACK holds working memory outside XLA's buffers, about 0.5 GiB at 1024 px whatever
+# the strip size, which would cap what --remat saves (BENCHMARKS.md, "Memory").
+LOW_MEMORY_CPU_FLAGS: tuple[str, ...] = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 
 def cache_dir() -> pathlib.Path:
@@ -105,14 +109,17 @@ def xla_flags(flags: tuple[str, ...] = DEFAULT_CPU_FLAGS, current: str | None = 
     return " ".join([*current.split(), *(f for f in flags if f.split("=")[0] not in given)])
 
 
-def configure(*, cache: bool = True) -> pathlib.Path | None:
+def configure(*, cache: bool = True, low_memory: bool = False) -> pathlib.Path | None:
     """The command line's setup: XLA:CPU flags into ``$XLA_FLAGS``, then the compilation cache.
 
     Call before anything initialises a JAX backend (importing `jaxstyle.optimize`
     does), or the flags are ignored.
 
+    Args:
+      cache: turn on the persistent compilation cache.
+      low_memory: add `LOW_MEMORY_CPU_FLAGS` (for ``remat`` runs).
     Returns:
       The compilation cache directory, or None when it is off.
     """
-    os.environ["XLA_FLAGS"] = xla_flags()
+    os.environ["XLA_FLAGS"] = xla_flags(DEFAULT_CPU_FLAGS + LOW_MEMORY_CPU_FLAGS * low_memory)
     return enable_compilation_cache() if cache else None

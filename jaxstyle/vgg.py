@@ -166,17 +166,22 @@ class VGG(nn.Module):
             setattr(self, name, nn.Conv(width, (3, 3), padding=padding, dtype=self.dtype, name=name,
                                         conv_general_dilated=_conv_general_dilated))
 
-    def __call__(self, image: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+    def __call__(self, image: jax.Array, layers: Sequence[str], *, start: str | None = None) -> dict[str, jax.Array]:
         """Activations of ``layers`` for one image.
 
         Args:
           image: RGB in [0, 1], shape (h, w, 3). Batches use `jax.vmap`.
           layers: names from `layer_names(self.blocks)`; the forward pass
             stops at the deepest one.
+          start: optional pooling layer, e.g. "pool2": ``image`` is then that
+            layer's activation (h', w', c) and the forward pass runs from the
+            next block on, so a network can be computed in pieces
+            (`jaxstyle.strips`). ``layers`` must come after it.
         Returns:
           dict mapping each requested name to its activation, (h', w', c).
         Raises:
-          ValueError: a name is not a layer of this network.
+          ValueError: a name is not a layer of this network, or ``start`` is
+            not a pooling layer before every one of ``layers``.
         """
         order = layer_names(self.blocks)
         if not layers:
@@ -186,10 +191,17 @@ class VGG(nn.Module):
             raise ValueError(f"unknown VGG layer(s) {unknown}; this network has {', '.join(order)}")
         deepest = max(order.index(name) for name in layers)
 
-        x = preprocess(image, self.preprocessing)[None].astype(self.dtype)
+        if start is None:
+            first, x = 1, preprocess(image, self.preprocessing)[None].astype(self.dtype)
+        else:
+            if start not in order or not start.startswith("pool") or \
+                    min(order.index(name) for name in layers) <= order.index(start):
+                raise ValueError(f"`start` must be a pooling layer before every layer asked for, got {start!r} "
+                                 f"for layers {list(layers)}")
+            first, x = int(start[4:]) + 1, image[None].astype(self.dtype)
         block = nn.remat(_block, static_argnums=(2, 3)) if self.remat else _block
         acts = {}
-        for b in range(1, len(self.blocks) + 1):
+        for b in range(first, len(self.blocks) + 1):
             if order[deepest] in acts:
                 break
             # Each block returns its activations by name, stopping at `last`.

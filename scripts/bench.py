@@ -99,7 +99,10 @@ def _jax_worker(spec: dict) -> None:
     channel = _Channel()
     from jaxstyle import runtime
 
-    os.environ["XLA_FLAGS"] = runtime.xla_flags() if spec["xla_flags"] is None else spec["xla_flags"]
+    # As the command line does: its flags, and with --remat the low-memory ones (unless a variant sets its own).
+    low_memory = spec["remat"] not in ("off", "0", "false")
+    os.environ["XLA_FLAGS"] = runtime.xla_flags(runtime.DEFAULT_CPU_FLAGS + runtime.LOW_MEMORY_CPU_FLAGS * low_memory) \
+        if spec["xla_flags"] is None else spec["xla_flags"]
     if spec["cache_dir"]:
         runtime.enable_compilation_cache(spec["cache_dir"])
     import functools

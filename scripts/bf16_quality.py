@@ -57,7 +57,7 @@ def main() -> None:
                                        jnp.ones(1), content_layers=config.content_layers,
                                        style_layers=config.style_layers)
     loss_weights = optimize.loss_weights(config, targets)
-    loss = {k: sum(float(v) for v in optimize._terms(network.model, params, jnp.asarray(x), targets,
+    loss = {k: sum(float(v) for v in optimize._report_terms(network.model, params, jnp.asarray(x), targets,
                                                       loss_weights).values())
             for k, x in outputs.items()}
     start_psnr = psnr(outputs["float32"], optimize.resize(content, hw))

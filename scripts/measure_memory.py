@@ -48,6 +48,9 @@ def _rss_mib() -> float:
 
 
 def _measure(size: int, weights_path: str | None, remat: bool, optimizer: str) -> dict:
+    from jaxstyle import runtime
+
+    runtime.configure(cache=False, low_memory=remat)  # the command line's XLA flags
     from jaxstyle import images, memory, optimize, vgg, weights
     from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
     from jaxstyle.config import StylizeConfig
@@ -59,7 +62,7 @@ def _measure(size: int, weights_path: str | None, remat: bool, optimizer: str) -
     network = optimize.Network(weights.model_for(meta), params)
     out = optimize.stylize(content, style, network, config)
     blocks, widths = vgg.ARCHITECTURES[meta["architecture"]]
-    acts = memory.activation_elements(blocks, widths, out.shape[:2], "relu5_1")
+    acts = memory.step_activation_elements(config, blocks, widths, out.shape[:2], "relu5_1")
     return {"size": size, "hw": list(out.shape[:2]), "remat": remat, "optimizer": optimizer,
             "activations_mib": 4 * acts / 2**20, "rss_loaded_mib": rss_loaded, "rss_peak_mib": _rss_mib(),
             "estimate_mib": memory.peak_bytes(config, content.shape, blocks, widths) / 2**20}

@@ -216,6 +216,19 @@ def test_style_scale_changes_the_output(files, tiny_weights, baseline, tmp_path)
     _assert_differs(_stylize(files, tiny_weights, tmp_path / "out.png", "--style-scale", 2), baseline)
 
 
+def test_remat_gives_the_same_output_with_the_low_memory_flags(files, tiny_weights, baseline, tmp_path, monkeypatch):
+    from jaxstyle import runtime
+
+    calls = []
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # restored after the test
+    original = runtime.configure
+    monkeypatch.setattr(runtime, "configure", lambda **kw: calls.append(kw) or original(**kw))
+    out = _stylize(files, tiny_weights, tmp_path / "out.png", "--remat")
+    assert calls == [{"low_memory": True}]
+    # The same objective computed in pieces (tests/test_speed.py compares gradients at 1e-4): same picture.
+    np.testing.assert_allclose(out, baseline, atol=2 / 255)
+
+
 def test_save_every_writes_intermediate_images(files, tiny_weights, tmp_path):
     out = tmp_path / "run.png"
     final = _stylize(files, tiny_weights, out, "--save-every", 5, steps=20)

@@ -164,6 +164,20 @@ def test_remat_same_activations_and_gradient(config):
     assert_close_rel_max(grad1, grad0, rtol=1e-6, atol=1e-12, name="grad")
 
 
+def test_start_continues_the_forward_pass_from_a_pooling_layer():
+    model, params = tiny_model(), {"params": tiny_params()}
+    image = jnp.asarray(random_image())
+    whole = model.apply(params, image, ("pool2", "relu3_1", "relu5_1"))
+    for remat in (False, True):
+        rest = tiny_model(remat=remat).apply(params, whole["pool2"], ("relu3_1", "relu5_1"), start="pool2")
+        for name in ("relu3_1", "relu5_1"):
+            assert_close_rel_max(rest[name], whole[name], rtol=1e-6, atol=1e-12, name=name)
+    for start, layers in (("pool2", ("relu2_2",)), ("pool2", ("pool2",)), ("relu2_2", ("relu3_1",)),
+                          ("pool9", ("relu3_1",))):
+        with pytest.raises(ValueError, match="`start` must be a pooling layer before"):
+            model.apply(params, whole["pool2"], layers, start=start)
+
+
 def test_vmap_equals_python_loop():
     model = tiny_model(pooling="avg", avg_pool_scale=2.0)
     params = {"params": tiny_params()}
