@@ -62,7 +62,7 @@ class StylizeConfig:
     dtype: str = _field("float32", "compute dtype of the network (bfloat16 for GPU/TPU; losses stay float32)",
                         choices=("float32", "bfloat16"))
     remat: bool = _field(False, "recompute VGG activations in the backward pass instead of keeping them (the "
-                                "first blocks strip by strip): about half the memory at 1024 px, 1.7x the time")
+                                "first blocks strip by strip): about half the memory at 1024 px, 1.5-1.8x the time")
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -23,8 +23,11 @@ in a fresh process, sizes 128 to 1024): peak ~ 620 MiB (Adam) or 750 MiB
 (L-BFGS, whose line search compiles a larger program) + 1.7-1.9 * 4A. The
 constants round both up, so the estimate is 7-27% above every measurement
 (most at small sizes, where the fixed part dominates).
-``--remat`` is not counted: on XLA:CPU it measured no lower (384 px: 1124 MiB
-with it, 1066 without; 768 px: 2409 and 2270). The style pass measured
+With ``--remat`` the activations counted are those of one strip of each
+stage cut at `strips.REMAT_SPLITS` plus the whole image's after the last cut
+(`step_activation_elements`); measured with the command line's XLA flags,
+765, 1032, 1087, 1443 and 1921 MiB at 384, 768, 1024, 1536 and 2048 px, and
+the estimate is 1.5-1.7 times that. The style pass measured
 ~480 MiB + 0.73 * 4 A_style (``--style-scale 3`` at 384 and 512 px: 2240 and
 3618 MiB; the estimate gives 2729 and 4232).
 
@@ -111,7 +114,7 @@ def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequ
     Returns:
       The estimate of the module docs. The network's compute dtype is taken
       as float32 (bfloat16 would halve the activations: the estimate errs
-      high), and ``remat`` is not counted.
+      high).
     """
     from jaxstyle.optimize import output_shape  # the same rounding as the run
 
@@ -122,8 +125,9 @@ def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequ
     step = ACTIVATION_FACTOR * 4 * step_activation_elements(config, blocks, widths, (h, w), deepest) \
         + copies * 4 * h * w * 3
     style_deepest = max(config.style_layers, key=order.index, default=None)
-    style = STYLE_FACTOR * 4 * sum(
-        activation_elements(blocks, widths, output_shape(s, round(config.size * config.style_scale)), style_deepest)
+    style = STYLE_FACTOR * 4 * sum(  # with remat in strips too
+        step_activation_elements(config, blocks, widths, output_shape(s, round(config.size * config.style_scale)),
+                                 style_deepest)
         for s in style_shapes) if style_deepest else 0
     return int(BASE + max(step, style))
 

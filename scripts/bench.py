@@ -118,7 +118,7 @@ def _jax_worker(spec: dict) -> None:
         params, meta = vgg.init_params("vgg19", jax.random.key(0)), {"architecture": "vgg19", "preprocessing": "caffe"}
     else:
         params, meta = weights.load(spec["weights"])
-    network = optimize.Network(weights.model_for(meta), params)
+    network = optimize.Network(weights.model_for(meta), jax.device_put(params))  # as the command line does
     remat = spec["remat"]  # "off", or a `StylizeConfig.remat` value
     if isinstance(StylizeConfig.remat, bool):
         remat = remat not in ("off", "0", "false")

@@ -10,8 +10,9 @@ next to the activation bytes ``4 * A`` of `memory.activation_elements`. The
 fit ``peak = base + factor * 4 * A`` gives `memory.BASE` and
 `memory.ACTIVATION_FACTOR` (which add a margin to the measured values).
 
-Measured on XLA:CPU (jax 0.10.2, 2 shared cores), VGG19, the bundled photo
-(451x300); RSS after loading the weights ~300 MiB; MiB throughout:
+Measured on XLA:CPU (jax 0.10.2, 2 shared cores) with XLA's default flags
+(before the command line set its own), VGG19, the bundled photo (451x300);
+RSS after loading the weights ~300 MiB; MiB throughout:
 
     optimiser  size  output    4*A   peak   estimate
     adam        128   85x128     25    670     851  (+27%)
@@ -23,13 +24,16 @@ Measured on XLA:CPU (jax 0.10.2, 2 shared cores), VGG19, the bundled photo
     lbfgs       128   85x128     25    753     854  (+13%)
     lbfgs       384  255x384    226   1205    1288   (+7%)
     lbfgs       768  511x768    910   2473    2764  (+12%)
-    adam+remat  384  255x384    226   1124    1261  (+12%)
-    adam+remat  768  511x768    910   2409    2656  (+10%)
 
 The slope is 1.7-1.9 peak bytes per activation byte, over a fixed ~620 MiB
 (Adam) or ~750 MiB (L-BFGS); `jaxstyle.memory` uses BASE = 800 MiB and
 ACTIVATION_FACTOR = 2.0, so the estimate is 7-27% above every measurement
-(a refusal should never hit a run that fits). ``--remat`` lowers nothing here.
+(a refusal should never hit a run that fits). The child now sets the command
+line's flags (`runtime.configure`), with which the peaks are lower and the
+estimate errs higher: Adam 821, 1464 and 2118 MiB at 384, 768 and 1024 px;
+with ``--remat`` (4*A counts one strip per stage, `memory.step_activation_elements`)
+765, 1032, 1087, 1443 and 1921 MiB at 384, 768, 1024, 1536 and 2048 px,
+against estimates of 1187, 1598, 1829, 2417 and 3263 MiB.
 """
 
 from __future__ import annotations

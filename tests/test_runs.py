@@ -315,6 +315,22 @@ def test_memory_estimate_counts_the_activations_and_advises_a_size_that_fits():
     assert memory.peak_bytes(config.replace(size=fits), (300, 451, 3), *vgg19) <= available
     assert memory.peak_bytes(config.replace(size=fits + 1), (300, 451, 3), *vgg19) > available
     memory.check_memory(config.replace(size=fits), (300, 451, 3), *vgg19, available=available)
+    # The advice names the larger size that fits with --remat, whose estimate is below the plain one.
+    remat_fits = int(info.value.args[0].split("with --remat, --size ")[1].split()[0])
+    assert remat_fits > fits
+    assert memory.peak_bytes(config.replace(size=remat_fits, remat=True), (300, 451, 3), *vgg19) <= available
+
+
+def test_the_remat_memory_estimate_covers_measured_runs():
+    vgg19 = vgg.ARCHITECTURES["vgg19"]
+    # Measured (scripts/measure_memory.py --remat, peak RSS MiB): the estimate is above each, and at
+    # large sizes the strips keep it far below the plain run's estimate.
+    for size, measured in ((384, 765), (1024, 1087), (2048, 1921)):
+        config = StylizeConfig(size=size, remat=True)
+        estimate = memory.peak_bytes(config, (300, 451, 3), *vgg19, [(469, 600, 3)]) / 2**20
+        assert measured <= estimate <= 2 * measured, size
+        if size >= 1024:  # at 384 px one strip covers most of the image
+            assert estimate < 0.6 * memory.peak_bytes(config.replace(remat=False), (300, 451, 3), *vgg19) / 2**20
 
 
 def test_device_out_of_memory_is_one_line_with_exit_code_1(files, tiny_weights, tmp_path, capsys, monkeypatch):

@@ -252,6 +252,17 @@ def test_the_remat_objective_equals_the_plain_one(tiny_params, monkeypatch):
         np.testing.assert_allclose(remat_terms[key], terms[key], rtol=1e-5, err_msg=key)
     assert float(jnp.max(jnp.abs(grad))) > 0
     np.testing.assert_allclose(remat_grad, grad, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(grad))))
+    # Batches (`jaxstyle batch --remat`) vmap the strips' scan and checkpoints: item 0 is the image above.
+    model = TINY.clone(remat=True)
+    targets = optimize.compute_targets.__wrapped__(model, tiny_params, content, (style,), jnp.ones(1),
+                                                   content_layers=config.content_layers,
+                                                   style_layers=config.style_layers)
+    weights_ = optimize.loss_weights(config, targets)
+    batch = jnp.stack([image, jnp.asarray(_photo(96, 40, seed=4))])
+    grads = jax.jit(jax.vmap(jax.grad(
+        lambda x: sum(optimize._terms(model, tiny_params, x, targets, weights_).values()))))(batch)
+    np.testing.assert_allclose(grads[0], grad, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(grad))))
+    assert float(jnp.max(jnp.abs(grads[1] - grads[0]))) > 0
 
 
 def test_compute_targets_uses_strips_for_a_huge_style_image(tiny_params, monkeypatch):
