@@ -232,7 +232,7 @@ def _stylize_command(args: argparse.Namespace) -> int:
 
     network, meta = _load_network(args.weights)
     optimize.check_layers(config, network.model)
-    optimize.check_inputs(config, styles, masks)
+    optimize.check_inputs(config, styles, masks, shard_image=args.shard_image)
     import jax
 
     if jax.default_backend() == "cpu":  # elsewhere the device reports running out itself

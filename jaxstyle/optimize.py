@@ -379,8 +379,15 @@ def check_layers(config: StylizeConfig, model: vgg.VGG) -> None:
                          f"(conv{{block}}_{{i}}, relu{{block}}_{{i}}, pool{{block}})")
 
 
-def check_inputs(config: StylizeConfig, styles: Sequence, masks: Sequence | None) -> None:
-    """Refuse style blends and masks that do not fit the style images, before any compute."""
+def check_inputs(config: StylizeConfig, styles: Sequence, masks: Sequence | None, *,
+                 shard_image: bool = False) -> None:
+    """Refuse style blends and masks that do not fit the style images, before any compute.
+
+    ``shard_image``: the image's rows will be split over a mesh, which ``remat`` does not combine with.
+    """
+    if shard_image and config.remat:
+        raise UsageError("`remat` and a row mesh (--shard-image) both split the image's rows and do not "
+                         "combine; use one of them")
     if config.style_blend and len(config.style_blend) != len(styles):
         raise UsageError(f"`style_blend` has {len(config.style_blend)} weights but {len(styles)} "
                          f"style image{'s were' if len(styles) != 1 else ' was'} given")
@@ -494,10 +501,7 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
     styles = [jnp.asarray(s) for s in (style if isinstance(style, (list, tuple)) else [style])]
     model = model_for_config(network, config)
     check_layers(config, model)
-    check_inputs(config, styles, masks)
-    if mesh is not None and config.remat:
-        raise UsageError("`remat` and a row mesh (--shard-image) both split the image's rows and do not "
-                         "combine; use one of them")
+    check_inputs(config, styles, masks, shard_image=mesh is not None)
     check_sizes(config, model, content.shape, [s.shape for s in styles])
     blend = np.asarray(config.style_blend or [1.0] * len(styles), np.float32)
     blend = blend / blend.sum()

@@ -305,6 +305,8 @@ def _error_cases():
         ("missing init image", lambda f, w, out: base(f, w, out, "--init", "start.jpeg"), ["start.jpeg"]),
         ("negative save-every", lambda f, w, out: base(f, w, out, "--save-every", -5), ["save-every", "-5"]),
         ("log extension", lambda f, w, out: base(f, w, out, "--log", "losses.txt"), ["losses.txt"]),
+        ("remat with shard-image", lambda f, w, out: base(f, w, out, "--remat", "--shard-image"),
+         ["remat", "--shard-image", "use one of them"]),
         ("no subcommand", lambda f, w, out: [], ["command"]),
     ]
 
