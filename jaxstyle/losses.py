@@ -35,7 +35,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -336,18 +336,20 @@ class Weights:
     style_layers: tuple[dict[str, jax.Array], ...]
 
 
-def region_statistics(features: Mapping[str, jax.Array], targets: Targets) -> tuple[dict[str, Any], ...]:
+def region_statistics(features: Mapping[str, jax.Array], layers: Sequence[str], kind: str,
+                      masks: Sequence[Mapping[str, jax.Array] | None]) -> tuple[dict[str, Any], ...]:
     """The style statistics of the image being optimised, per style region and layer.
 
     Args:
-      features: layer name -> activations (h, w, c), for every style layer.
-      targets: gives the regions' layers, masks and the kind of statistics.
+      features: layer name -> activations (h, w, c), for every one of ``layers``.
+      layers: the style layers.
+      kind: "gram" or "mean_cov" (`style_statistics`).
+      masks: one entry per region: None (every position) or layer name -> (h, w) weights.
     Returns:
-      One dict per region of ``targets.style``: layer name -> `style_statistics`.
+      One dict per region: layer name -> `style_statistics`.
     """
-    return tuple({name: style_statistics(features[name], targets.kind, None if masks is None else masks[name])
-                  for name in region}
-                 for region, masks in zip(targets.style, targets.masks))
+    return tuple({name: style_statistics(features[name], kind, None if m is None else m[name]) for name in layers}
+                 for m in masks)
 
 
 def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Targets,
@@ -363,7 +365,9 @@ def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Tar
       ``{"content": \alpha \sum_l a_l L^l_c, "style": \beta \sum_l b_l L^l_s,
       "tv": \gamma TV(x)}``, float32 scalars.
     """
-    return loss_terms_of_statistics(image, features, region_statistics(features, targets), targets, weights)
+    layers = tuple(dict.fromkeys(name for region in targets.style for name in region))
+    return loss_terms_of_statistics(image, features, region_statistics(features, layers, targets.kind, targets.masks),
+                                    targets, weights)
 
 
 def loss_terms_of_statistics(image: jax.Array, content_features: Mapping[str, jax.Array],

@@ -27,7 +27,7 @@ With ``--remat`` the activations counted are those of one strip of each
 stage cut at `strips.REMAT_SPLITS` plus the whole image's after the last cut
 (`step_activation_elements`); measured with the command line's XLA flags,
 765, 1032, 1087, 1443 and 1921 MiB at 384, 768, 1024, 1536 and 2048 px, and
-the estimate is 1.5-1.7 times that. The style pass measured
+the estimate is 1.4-1.6 times that. The style pass measured
 ~480 MiB + 0.73 * 4 A_style (``--style-scale 3`` at 384 and 512 px: 2240 and
 3618 MiB; the estimate gives 2729 and 4232).
 
@@ -91,9 +91,9 @@ def step_activation_elements(config: StylizeConfig, blocks: Sequence[int], width
     for split in strips.REMAT_SPLITS:
         if order.index(split) >= order.index(deepest):
             break
-        rows = strips.strip_rows(w, blocks, (split,), strips.REMAT_PIXELS, start) \
+        scale = 1 if start is None else strips.row_scale(blocks, start)  # image rows per row of the stage's input
+        rows = strips.stage_rows(blocks, w // scale, split, start, strips.REMAT_PIXELS) \
             + 2 * strips.halo_rows(blocks, (split,), start)
-        scale = 2 ** sum(n.startswith("pool") for n in order[: 0 if start is None else order.index(start) + 1])
         # The stage's layers for a strip: its rows at the input's scale, times the input's rows per image row.
         strip = min(rows * scale, h), w
         total += activation_elements(blocks, widths, strip, split) - (

@@ -159,7 +159,7 @@ def _layer_masks(mask: jax.Array, feats: Mapping[str, jax.Array]) -> dict[str, j
             for name, f in feats.items()}
 
 
-def _strips(model: vgg.VGG, image_shape: Sequence[int], layers: Sequence[str]) -> dict | None:
+def _strips(model: vgg.VGG, image_shape: Sequence[int]) -> dict | None:
     """How `strips.content_and_style` should run an image, or None to run it whole.
 
     With ``remat``, in stages cut at `strips.REMAT_SPLITS`, each but the last in
@@ -190,16 +190,10 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
       ``(content, style)``: layer name -> activations, and per region, layer
       name -> statistics (`losses.region_statistics`).
     """
-    layers = tuple(dict.fromkeys(content_layers + style_layers))
-    if not layers:
-        return {}, tuple({} for _ in masks)
-    how = _strips(model, image.shape, layers)
-    if how is not None:
-        return strips.content_and_style(model, params, image, content_layers, style_layers, kind, masks, **how)
-    feats = model.apply({"params": params}, image, layers)
-    return ({name: feats[name] for name in content_layers},
-            tuple({name: losses.style_statistics(feats[name], kind, None if m is None else m[name])
-                   for name in style_layers} for m in masks))
+    how = _strips(model, image.shape)
+    if how is None or not (content_layers or style_layers):
+        return strips.at_once(model, params, image, None, content_layers, style_layers, kind, masks)
+    return strips.content_and_style(model, params, image, content_layers, style_layers, kind, masks, **how)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "content_layers", "style_layers", "kind"))

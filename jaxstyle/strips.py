@@ -104,6 +104,16 @@ def strip_rows(width: int, blocks: Sequence[int], layers: Sequence[str], pixels:
     return max(halo_rows(blocks, layers, start), pixels // max(width, 1) // align * align)
 
 
+def stage_rows(blocks: Sequence[int], width: int, split: str, start: str | None, pixels: int) -> int:
+    """Own rows of a strip of the stage from ``start`` to ``split``, about ``pixels`` pixels of the image.
+
+    The stage's input is ``width`` wide; its pixels each cover ``row_scale(start)**2``
+    of the image's, so a smaller activation gets fewer pixels per strip.
+    """
+    scale = 1 if start is None else row_scale(blocks, start)
+    return strip_rows(width, blocks, (split,), pixels // scale**2, start)
+
+
 def style_statistics(model: vgg.VGG, params, image: jax.Array, layers: Sequence[str], kind: str = "gram",
                      masks: Mapping[str, jax.Array] | None = None, *, rows: int | None = None) -> dict:
     """`losses.style_statistics` of every layer of one image, summed over horizontal strips.
@@ -194,12 +204,10 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
                                            for n in (*content_layers, *style_layers) if n in after)
         stage_content = tuple(dict.fromkeys(stage(content_layers) + (split,) * deeper))
         if split is None:
-            part = _whole(model, params, x, start, stage_content, stage(style_layers), kind, masks)
+            part = at_once(model, params, x, start, stage_content, stage(style_layers), kind, masks)
         else:
-            # About `pixels` pixels of the image per strip: fewer of a smaller activation.
-            per_strip = pixels // (1 if start is None else row_scale(model.blocks, start)) ** 2
             part = _in_strips(model, params, x, start, stage_content, stage(style_layers), kind, masks,
-                              strip_rows(x.shape[1], model.blocks, (split,), per_strip, start))
+                              stage_rows(model.blocks, x.shape[1], split, start, pixels))
         content.update(part[0])
         style = tuple({**a, **b} for a, b in zip(style, part[1]))
         if not deeper:
@@ -208,16 +216,18 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
     return content, style
 
 
-def _whole(model: vgg.VGG, params, x: jax.Array, start: str | None, content_layers: tuple[str, ...],
-           style_layers: tuple[str, ...], kind: str, masks) -> tuple[dict, tuple[dict, ...]]:
-    """`content_and_style`'s result for the layers after ``start``, from its whole activation ``x``."""
+def at_once(model: vgg.VGG, params, x: jax.Array, start: str | None, content_layers: tuple[str, ...],
+            style_layers: tuple[str, ...], kind: str = "gram",
+            masks: Sequence[Mapping[str, jax.Array] | None] = (None,)) -> tuple[dict, tuple[dict, ...]]:
+    """`content_and_style` without strips: the layers after ``start`` from the whole of its activation ``x``.
+
+    ``start=None``: ``x`` is the image. Either layer tuple may be empty.
+    """
     layers = tuple(dict.fromkeys(content_layers + style_layers))
     if not layers:
         return {}, tuple({} for _ in masks)
     feats = model.apply({"params": params}, x, layers, start=start)
-    return ({name: feats[name] for name in content_layers},
-            tuple({name: losses.style_statistics(feats[name], kind, None if m is None else m[name])
-                   for name in style_layers} for m in masks))
+    return {name: feats[name] for name in content_layers}, losses.region_statistics(feats, style_layers, kind, masks)
 
 
 def _in_strips(model: vgg.VGG, params, x: jax.Array, start: str | None, content_layers: tuple[str, ...],
@@ -249,12 +259,14 @@ def _in_strips(model: vgg.VGG, params, x: jax.Array, start: str | None, content_
                             start=start)
         own = {name: jax.lax.slice_in_dim(feats[name], first // scale[name], (first + keep) // scale[name], axis=0)
                for name in layers}
+        flat = {}  # accumulate in float32, as losses do
+        for name in style_layers:
+            f = own[name].reshape(-1, own[name].shape[-1])
+            flat[name] = f.astype(jnp.promote_types(f.dtype, jnp.float32))
         sums = []
         for region in masks:
             sums.append({})
-            for name in style_layers:
-                f = own[name].reshape(-1, own[name].shape[-1])
-                f = f.astype(jnp.promote_types(f.dtype, jnp.float32))  # accumulate in float32, as losses do
+            for name, f in flat.items():
                 m = jnp.ones((f.shape[0], 1), f.dtype) if region is None else jax.lax.dynamic_slice_in_dim(
                     region[name], top_row // scale[name], own[name].shape[0], axis=0).reshape(-1, 1).astype(f.dtype)
                 sums[-1][name] = _moments(f, m, kind)

@@ -100,8 +100,8 @@ def _jax_worker(spec: dict) -> None:
     from jaxstyle import runtime
 
     # As the command line does: its flags, and with --remat the low-memory ones (unless a variant sets its own).
-    low_memory = spec["remat"] not in ("off", "0", "false")
-    os.environ["XLA_FLAGS"] = runtime.xla_flags(runtime.DEFAULT_CPU_FLAGS + runtime.LOW_MEMORY_CPU_FLAGS * low_memory) \
+    remat = spec["remat"] not in ("off", "0", "false")
+    os.environ["XLA_FLAGS"] = runtime.xla_flags(runtime.DEFAULT_CPU_FLAGS + runtime.LOW_MEMORY_CPU_FLAGS * remat) \
         if spec["xla_flags"] is None else spec["xla_flags"]
     if spec["cache_dir"]:
         runtime.enable_compilation_cache(spec["cache_dir"])
@@ -119,9 +119,6 @@ def _jax_worker(spec: dict) -> None:
     else:
         params, meta = weights.load(spec["weights"])
     network = optimize.Network(weights.model_for(meta), jax.device_put(params))  # as the command line does
-    remat = spec["remat"]  # "off", or a `StylizeConfig.remat` value
-    if isinstance(StylizeConfig.remat, bool):
-        remat = remat not in ("off", "0", "false")
     config = StylizeConfig(size=spec["size"], optimizer=spec["optimizer"], dtype=spec["dtype"], remat=remat)
     model = optimize.model_for_config(network, config)
     content, style = images.load_image(spec["content"]), images.load_image(spec["style"])

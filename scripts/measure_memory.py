@@ -33,7 +33,7 @@ line's flags (`runtime.configure`), with which the peaks are lower and the
 estimate errs higher: Adam 821, 1464 and 2118 MiB at 384, 768 and 1024 px;
 with ``--remat`` (4*A counts one strip per stage, `memory.step_activation_elements`)
 765, 1032, 1087, 1443 and 1921 MiB at 384, 768, 1024, 1536 and 2048 px,
-against estimates of 1187, 1598, 1829, 2417 and 3263 MiB.
+against estimates of 1173, 1400, 1631, 2219 and 3065 MiB.
 """
 
 from __future__ import annotations
