@@ -1,8 +1,11 @@
-"""Every setting of a style transfer run, defined once.
+"""Every setting of a style transfer run, and every option of how a command runs it, defined once.
 
-`StylizeConfig` is the single source of truth: the library reads it, and the
-command line is derived from its fields (names, defaults, help text, choices),
-so a default is never written twice.
+`StylizeConfig` holds what shapes the picture; `RunOptions` how a command runs
+and what it keeps (weights file, checkpoints, snapshots, log, overwriting).
+Each is the single source of truth: the library reads them, and the command
+line is derived from their fields (names, defaults, help text, choices), so a
+default is never written twice. Errors name the fields (`` `lr` ``); the
+command line words them as its flags (``--lr``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ def _field(default: Any, help: str, **cli: Any) -> Any:
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)
+# The allowed values of the settings that take a name, written once here (the
+# network, the losses and the colour code check against these).
+OPTIMIZERS = ("adam", "lbfgs")
+POOLING = ("max", "avg")
+PADDING = ("zeros", "replicate")
+STYLE_LOSSES = ("gram", "mean_cov")
+PRESERVE_COLORS = ("none", "luminance", "histogram")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +40,7 @@ class StylizeConfig:
 
     size: int = _field(384, "longest side of the output, in pixels")
     steps: int = _field(300, "optimisation steps")
-    optimizer: str = _field("adam", "optimiser of the pixels", choices=("adam", "lbfgs"))
+    optimizer: str = _field("adam", "optimiser of the pixels", choices=OPTIMIZERS)
     lr: float = _field(0.02, "Adam step size, in pixel units (image in [0, 1]); unused by L-BFGS")
     content_weight: float = _field(1.0, "weight of the content loss (alpha)")
     style_weight: float = _field(10.0, "weight of the style loss (beta)")
@@ -42,25 +53,25 @@ class StylizeConfig:
         (), "one weight per style layer (default: equal weights; each layer is normalised first)")
     init: str = _field("content", "start from 'content', 'noise' (seeded white noise) or an image path")
     seed: int = _field(0, "random seed (noise initialisation)")
-    pooling: str = _field("max", "VGG pooling: max as trained, or avg", choices=("max", "avg"))
+    pooling: str = _field("max", "VGG pooling: max as trained, or avg", choices=POOLING)
     avg_pool_scale: float = _field(
         2.0, "with --pooling avg: multiply pooled activations by this so they keep max pooling's magnitude")
     padding: str = _field("zeros", "padding of the first convolution: zeros as trained, or replicate "
-                          "(edge pixels; fewer dark borders)", choices=("zeros", "replicate"))
+                          "(edge pixels; fewer dark borders)", choices=PADDING)
     style_scale: float = _field(1.0, "size of the style image relative to the output (bigger: larger brush strokes)")
     style_blend: tuple[float, ...] = _field((), "one weight per style image (default: equal)")
     style_loss: str = _field("gram", "style statistics: Gram matrices (Gatys et al.) or mean and covariance "
-                             "(2-Wasserstein distance)", choices=("gram", "mean_cov"))
+                             "(2-Wasserstein distance)", choices=STYLE_LOSSES)
     preserve_colors: str = _field("none", "keep the content's colours: transfer on luminance only, or match "
                                   "the style's colour histogram to the content first",
-                                  choices=("none", "luminance", "histogram"))
+                                  choices=PRESERVE_COLORS)
     multiscale: bool = _field(False, "coarse-to-fine: optimise at small sizes first, then upsample")
     scales: tuple[int, ...] = _field((), "sizes of the coarse passes before --size (default with --multiscale: "
                                      "from 128 px growing by sqrt(2))")
     ema_decay: float = _field(0.0, "output the exponential moving average of the iterates with this decay "
                               "(0: off; e.g. 0.9)")
     dtype: str = _field("float32", "compute dtype of the network (bfloat16 for GPU/TPU; losses stay float32)",
-                        choices=("float32", "bfloat16"))
+                        choices=DTYPES)
     remat: bool = _field(False, "recompute VGG activations in the backward pass instead of keeping them (the "
                                 "first blocks strip by strip): about half the memory at 1024 px, 1.5-1.8x the time")
 
@@ -78,18 +89,20 @@ def check_config(config: StylizeConfig) -> None:
     Raises:
       UsageError: naming the setting, its value and what is expected.
     """
-    positive = {"size": config.size, "steps": config.steps, "style_scale": config.style_scale}
+    _check_finite(config)
+    positive = {"size": config.size, "steps": config.steps, "style_scale": config.style_scale,
+                "avg_pool_scale": config.avg_pool_scale}
     for name, value in positive.items():
-        if not value > 0 or not math.isfinite(value):
+        if not value > 0:
             raise UsageError(f"`{name}` must be positive, got {value}")
     if config.size < 16:
         raise UsageError(f"`size` must be at least 16 pixels for the VGG network, got {config.size}")
     for name in ("content_weight", "style_weight", "tv_weight", "lr"):
-        if not 0 <= getattr(config, name) < math.inf:
-            raise UsageError(f"`{name}` must be zero or positive and finite, got {getattr(config, name)}")
+        if not getattr(config, name) >= 0:
+            raise UsageError(f"`{name}` must be zero or positive, got {getattr(config, name)}")
     for kind in ("content", "style"):
         layer_weights, layers = getattr(config, f"{kind}_layer_weights"), getattr(config, f"{kind}_layers")
-        if any(not 0 <= w < math.inf for w in layer_weights) or (layer_weights and sum(layer_weights) <= 0):
+        if any(w < 0 for w in layer_weights) or (layer_weights and sum(layer_weights) <= 0):
             raise UsageError(f"`{kind}_layer_weights` must be zero or positive, not all zero, got {layer_weights}")
         if layer_weights and len(layer_weights) != len(layers):
             raise UsageError(f"`{kind}_layer_weights` has {len(layer_weights)} weights "
@@ -102,9 +115,67 @@ def check_config(config: StylizeConfig) -> None:
         raise UsageError(f"`style_blend` weights must be zero or positive and not all zero, got {config.style_blend}")
     if any(s < 16 or s > config.size for s in config.scales):
         raise UsageError(f"`scales` must be sizes from 16 to `size` ({config.size}), got {config.scales}")
-    if not config.avg_pool_scale > 0:
-        raise UsageError(f"`avg_pool_scale` must be positive, got {config.avg_pool_scale}")
-    for name in ("optimizer", "pooling", "padding", "style_loss", "preserve_colors", "dtype"):
-        choices = StylizeConfig.__dataclass_fields__[name].metadata["choices"]
-        if getattr(config, name) not in choices:
-            raise UsageError(f"`{name}` must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+    _check_choices(config)
+
+
+def _check_finite(options: Any) -> None:
+    """Refuse NaN and infinite numbers in any field of a settings dataclass (the command line parses "nan")."""
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            shown = ",".join(map(str, values)) if isinstance(value, tuple) else str(value)
+            raise UsageError(f"`{f.name}` must be a finite number, got {shown}")
+
+
+def _check_choices(options: Any) -> None:
+    """Refuse a value outside a field's ``choices`` (the command line checks them too, the library here)."""
+    for f in dataclasses.fields(options):
+        choices = f.metadata.get("choices")
+        if choices and getattr(options, f.name) not in choices:
+            raise UsageError(f"`{f.name}` must be one of {', '.join(choices)}, got {getattr(options, f.name)!r}")
+
+
+# Save a run's state every 100 steps: a checkpoint is a few image-sized arrays
+# (4 MB at 384 px with Adam, 30 MB with L-BFGS), written in milliseconds, while
+# 100 steps take seconds on a GPU and minutes on a CPU; runs of the default 300
+# steps get two, and short test runs none.
+CHECKPOINT_EVERY = 100
+LOG_EXTENSIONS = (".json", ".csv")
+DEFAULT_MAX_PIXELS = 200_000_000  # a 200 MP image already takes 2.4 GB as float32 RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a command runs and what it keeps, beside the settings that shape the picture.
+
+    Every command that optimises (``stylize``, ``demo``, ``batch``, ``sweep``)
+    takes these; the command line derives one flag from each field. Side files
+    are named after the full output name (`jaxstyle.outputs`).
+    """
+
+    weights: str = _field("", "weights file (default: $JAXSTYLE_WEIGHTS or the user cache)", metavar="FILE")
+    overwrite: bool = _field(False, "replace outputs that exist, and start afresh over an unfinished run's "
+                             "checkpoint (never replaces an input)", action="store_true")
+    resume: bool = _field(False, "continue the unfinished run saved in OUT.checkpoint.npz; the settings and "
+                          "input files must be those of the saved run", action="store_true")
+    checkpoint_every: int = _field(CHECKPOINT_EVERY, "every N steps, save the run (image, optimiser state, step, "
+                                   "settings) to OUT.checkpoint.npz for --resume; it is also saved when the run is "
+                                   "interrupted (Ctrl-C, SIGTERM, SIGHUP) and removed when it finishes; 0: only then",
+                                   metavar="N")
+    save_every: int = _field(0, "also write the picture every N steps, as OUT.stepNNNNN.png (0: never)", metavar="N")
+    log: str = _field("", "write the loss per step to FILE (.json or .csv)", metavar="FILE")
+    quiet: bool = _field(False, "no progress bar and no summary", action="store_true")
+    shard_image: bool = _field(False, "split each image's rows over all devices (an image too big for one "
+                               "device); the result equals an unsharded run", action="store_true")
+    max_pixels: int = _field(DEFAULT_MAX_PIXELS, "refuse input images with more pixels than this, before "
+                             "decoding them", metavar="N")
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"`{name}` must be zero or positive, got {getattr(self, name)}")
+        if self.max_pixels < 1:
+            raise UsageError(f"`max_pixels` must be at least 1, got {self.max_pixels}")
+        if self.log and not self.log.lower().endswith(LOG_EXTENSIONS):
+            raise UsageError(f"`log` must end in {' or '.join(LOG_EXTENSIONS)}, got {self.log}")

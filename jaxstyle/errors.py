@@ -21,3 +21,15 @@ class UsageError(JaxstyleError):
     """A bad option or input, found before any compute (exit code 2)."""
 
     exit_code = 2
+
+
+class Stopped(JaxstyleError):
+    """The run was ended by a signal after saving it; the message says what was saved.
+
+    The command line prints it without "error:", and exits with ``exit_code``
+    (128 plus the signal's number: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -24,7 +24,7 @@ in a fresh process, sizes 128 to 1024): peak ~ 620 MiB (Adam) or 750 MiB
 constants round both up, so the estimate is 7-27% above every measurement
 (most at small sizes, where the fixed part dominates).
 With ``--remat`` the activations counted are those of one strip of each
-stage cut at `strips.REMAT_SPLITS` plus the whole image's after the last cut
+stage cut at `plan.REMAT_SPLITS` plus the whole image's after the last cut
 (`step_activation_elements`); measured with the command line's XLA flags,
 765, 1032, 1087, 1443 and 1921 MiB at 384, 768, 1024, 1536 and 2048 px, and
 the estimate is 1.4-1.6 times that. The style pass measured
@@ -40,10 +40,11 @@ one-line message.
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
-from jaxstyle import vgg
+from jaxstyle import plan
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
@@ -64,7 +65,7 @@ def activation_elements(blocks: Sequence[int], widths: Sequence[int], hw: tuple[
     Returns:
       The number of float elements: sum over layers of h_l * w_l * c_l.
     """
-    order = vgg.layer_names(blocks)
+    order = plan.layer_names(blocks)
     h, w = hw
     total = 0
     for name in order[: order.index(deepest) + 1]:
@@ -79,21 +80,19 @@ def step_activation_elements(config: StylizeConfig, blocks: Sequence[int], width
     """Elements of the activations a step keeps for its backward pass (`activation_elements`).
 
     Without ``remat``, every activation of the image. With it, each stage cut
-    at `strips.REMAT_SPLITS` holds one strip's at a time (its own rows and a
+    at `plan.REMAT_SPLITS` holds one strip's at a time (its own rows and a
     halo on each side), and the layers after the last split the whole image's.
     """
     if not config.remat:
         return activation_elements(blocks, widths, hw, deepest)
-    from jaxstyle import strips
-
-    order = vgg.layer_names(blocks)
+    order = plan.layer_names(blocks)
     total, start, (h, w) = 0, None, hw
-    for split in strips.REMAT_SPLITS:
+    for split in plan.REMAT_SPLITS:
         if order.index(split) >= order.index(deepest):
             break
-        scale = 1 if start is None else strips.row_scale(blocks, start)  # image rows per row of the stage's input
-        rows = strips.stage_rows(blocks, w // scale, split, start, strips.REMAT_PIXELS) \
-            + 2 * strips.halo_rows(blocks, (split,), start)
+        scale = 1 if start is None else plan.row_scale(blocks, start)  # image rows per row of the stage's input
+        rows = plan.stage_rows(blocks, w // scale, split, start, plan.REMAT_PIXELS) \
+            + 2 * plan.halo_rows(blocks, (split,), start)
         # The stage's layers for a strip: its rows at the input's scale, times the input's rows per image row.
         strip = min(rows * scale, h), w
         total += activation_elements(blocks, widths, strip, split) - (
@@ -112,24 +111,33 @@ def peak_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequ
       content_shape, style_shapes: shapes of the content and style images.
       blocks, widths: the VGG architecture.
     Returns:
-      The estimate of the module docs. The network's compute dtype is taken
-      as float32 (bfloat16 would halve the activations: the estimate errs
-      high).
+      The estimate of the module docs: the larger of `step_bytes` and
+      `style_pass_bytes`. The network's compute dtype is taken as float32
+      (bfloat16 would halve the activations: the estimate errs high).
     """
-    from jaxstyle.optimize import output_shape  # the same rounding as the run
+    return int(BASE + max(step_bytes(config, content_shape, blocks, widths),
+                          style_pass_bytes(config, blocks, widths, style_shapes)))
 
-    h, w = output_shape(content_shape, config.size)
-    order = vgg.layer_names(blocks)
-    deepest = max((*config.content_layers, *config.style_layers), key=order.index)
+
+def step_bytes(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
+               widths: Sequence[int]) -> float:
+    """Bytes of one optimisation step at the output size, above `BASE`: activations and image copies."""
+    h, w = plan.output_shape(content_shape, config.size)
+    deepest = plan.deepest(blocks, (*config.content_layers, *config.style_layers))
     copies = LBFGS_IMAGE_COPIES if config.optimizer == "lbfgs" else ADAM_IMAGE_COPIES
-    step = ACTIVATION_FACTOR * 4 * step_activation_elements(config, blocks, widths, (h, w), deepest) \
+    return ACTIVATION_FACTOR * 4 * step_activation_elements(config, blocks, widths, (h, w), deepest) \
         + copies * 4 * h * w * 3
-    style_deepest = max(config.style_layers, key=order.index, default=None)
-    style = STYLE_FACTOR * 4 * sum(  # with remat in strips too
-        step_activation_elements(config, blocks, widths, output_shape(s, round(config.size * config.style_scale)),
-                                 style_deepest)
-        for s in style_shapes) if style_deepest else 0
-    return int(BASE + max(step, style))
+
+
+def style_pass_bytes(config: StylizeConfig, blocks: Sequence[int], widths: Sequence[int],
+                     style_shapes: Sequence[Sequence[int]]) -> float:
+    """Bytes of the style images' forward pass at ``style_scale`` times the size, above `BASE`."""
+    if not config.style_layers:
+        return 0.0
+    deepest = plan.deepest(blocks, config.style_layers)
+    size = plan.style_size(config, config.size)
+    return STYLE_FACTOR * 4 * sum(  # with remat in strips too
+        step_activation_elements(config, blocks, widths, plan.output_shape(s, size), deepest) for s in style_shapes)
 
 
 def physical_memory() -> int | None:
@@ -146,30 +154,40 @@ def check_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Se
     """Refuse a run whose `peak_bytes` exceed ``available`` (default: the physical memory).
 
     Raises:
-      UsageError: with the estimate, the limit and the largest ``size`` that fits.
+      UsageError: with the estimate, the limit, and the largest value of the
+        setting that decides (``size``, or ``style_scale`` when the style
+        images' pass is the larger) that fits.
     """
     available = physical_memory() if available is None else available
     need = peak_bytes(config, content_shape, blocks, widths, style_shapes)
     if available is None or need <= available:
         return
+    needs = f"needs about {_gib(need)} GiB of memory and this machine has {_gib(available)} GiB"
 
-    def largest(config: StylizeConfig) -> int | None:
-        """The largest ``size`` whose estimate fits (bisection), or None."""
-        fits = lambda size: peak_bytes(config.replace(size=size, scales=()), content_shape,  # noqa: E731
-                                       blocks, widths, style_shapes) <= available
-        low, high = 16, config.size
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if fits(mid) else (low, mid - 1)
-        return low if fits(low) else None
+    def fits(changed: StylizeConfig) -> bool:
+        return peak_bytes(changed, content_shape, blocks, widths, style_shapes) <= available
 
-    size = largest(config)
-    advice = f"use --size {size} or less" if size else "free some memory"
+    if style_pass_bytes(config, blocks, widths, style_shapes) > step_bytes(config, content_shape, blocks, widths):
+        style = plan.style_size(config, config.size)
+        largest = _largest(lambda s: fits(config.replace(style_scale=s / config.size)), 1, style)
+        advice = (f"use `style_scale` {math.floor(largest / config.size * 1000) / 1000:g} or less"
+                  if largest else "free some memory")
+        raise UsageError(f"`style_scale` {config.style_scale:g} (style images {style} px on their longest side) "
+                         f"{needs}; {advice}")
+    size = _largest(lambda s: fits(config.replace(size=s, scales=())), 16, config.size)
+    advice = f"use `size` {size} or less" if size else "free some memory"
     if not config.remat:
-        remat_size = largest(config.replace(remat=True))
-        advice += f" (with --remat, --size {remat_size} or less)" if remat_size else ""
-    raise UsageError(f"--size {config.size} needs about {_gib(need)} GiB of memory and this machine has "
-                     f"{_gib(available)} GiB; {advice}")
+        remat_size = _largest(lambda s: fits(config.replace(size=s, scales=(), remat=True)), 16, config.size)
+        advice += f" (with `remat`, `size` {remat_size} or less)" if remat_size else ""
+    raise UsageError(f"`size` {config.size} {needs}; {advice}")
+
+
+def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
+    """The largest integer in [low, high] for which ``fits`` holds (it holds below some bound), or None."""
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low if fits(low) else None
 
 
 def _gib(n: float) -> str:
