@@ -1,19 +1,21 @@
 """Checkpoint files: where a run stands, so that ``--resume`` can continue it exactly.
 
 A checkpoint is one ``.npz`` file (read with ``allow_pickle=False``; nothing is
-ever pickled) holding an `optimize.Checkpoint` and the run it belongs to:
+ever pickled) holding an `optimize.Checkpoint` of one program (one or more
+items) and the run it belongs to:
 
-- ``image``: the current iterate, (h, w, 3) float32, at the current scale;
-- ``state/0`` ... ``state/N``: the leaves of the optimiser state, in
-  `jax.tree.leaves` order. The tree's structure is not stored: it is fixed by
-  the optimiser and the image shape, so `load` rebuilds it from a fresh
-  `optimize.init_state` and checks every leaf's shape and dtype against it;
-- ``ema/0``, ``ema/1``: the leaves of the iterate average's state (with
+- ``images``: the current iterates, (items, h, w, 3) float32, at the current scale;
+- ``state/0`` ... ``state/N``: the leaves of the optimiser states, stacked along
+  the item axis, in `jax.tree.leaves` order. The tree's structure is not
+  stored: it is fixed by the optimiser and the image shape, so `load` rebuilds
+  it from a fresh `step.init_state` and checks every leaf's shape and dtype;
+- ``ema/0``, ``ema/1``: the leaves of the iterate averages' states (with
   ``ema_decay`` only), rebuilt the same way from `optax.ema`;
-- ``history``: the loss at the start of every step so far, (steps done,) float32;
+- ``history``: each item's loss at the start of every step so far, (items, steps done) float32;
 - ``__meta__``: UTF-8 JSON: the format tag, the scale and step, and the run
   (`run_record`): the settings (`StylizeConfig` as a dict), each input file's
-  name and SHA-256, and the SHA-256 of the weights.
+  name and SHA-256, the SHA-256 of the weights, and what else identifies the
+  run (the output it belongs to, a sweep's grid, a batch's items).
 
 `load` refuses a checkpoint whose settings or inputs differ from the run that
 asks for it, naming what differs, since continuing someone else's
@@ -33,14 +35,13 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-import optax
 
-from jaxstyle import __version__, optimize
+from jaxstyle import __version__, optimize, plan, step
 from jaxstyle._files import atomic_write_bytes
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
-FORMAT = "jaxstyle-checkpoint-1"
+FORMAT = "jaxstyle-checkpoint-2"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -53,40 +54,43 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def run_record(config: StylizeConfig, inputs: Sequence[tuple[str, str | os.PathLike]],
-               weights_sha256: str) -> dict[str, Any]:
-    """What identifies a run: its settings, its input files and its weights.
+               weights_sha256: str, **details: Any) -> dict[str, Any]:
+    """What identifies a run: its settings, its input files, its weights, and what else it names.
 
     Args:
       config: the run's settings.
       inputs: ``(role, path)`` pairs, e.g. ``("content", "photo.jpg")``,
         ``("style 1", "painting.png")``; each file is hashed.
       weights_sha256: the ``params_sha256`` of the weights file's metadata.
+      details: JSON values that must match too, e.g. ``output="out.png"``
+        (the output the checkpoint belongs to) or a sweep's ``grid``.
     Returns:
       A JSON-serialisable dict: ``settings``, ``inputs`` (role to name and
-      SHA-256) and ``weights_sha256``.
+      SHA-256), ``weights_sha256`` and the details.
     """
-    settings = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as JSON reads back
-    return {"settings": settings,
-            "inputs": {role: {"name": pathlib.Path(p).name, "sha256": file_sha256(p)} for role, p in inputs},
-            "weights_sha256": weights_sha256}
+    record = {"settings": dataclasses.asdict(config),
+              "inputs": {role: {"name": pathlib.Path(p).name, "sha256": file_sha256(p)} for role, p in inputs},
+              "weights_sha256": weights_sha256, **details}
+    return json.loads(json.dumps(record))  # tuples as lists, as JSON reads them back
 
 
 def save(path: str | os.PathLike, checkpoint: optimize.Checkpoint, run: Mapping[str, Any],
-         history: Sequence[float] | np.ndarray = ()) -> None:
+         history: np.ndarray) -> None:
     """Write ``checkpoint`` of ``run`` (see `run_record`) atomically to ``path``.
 
     Args:
       path: the ``.npz`` file; replaced if it exists.
       checkpoint: a `Progress.checkpoint` (device or NumPy arrays).
       run: `run_record` of the run.
-      history: the loss per step so far (kept so that a resumed run logs every step).
+      history: each item's loss per step so far, (items, steps done) (kept so
+        that a resumed run logs every step).
     Raises:
       OSError: the file cannot be written.
     """
     meta = {"format": FORMAT, "jaxstyle": __version__, "scale": checkpoint.scale, "step": checkpoint.step,
-            "ema": checkpoint.ema is not None, "run": dict(run)}
-    arrays = {"image": np.asarray(checkpoint.image), "history": np.asarray(history, np.float32).reshape(-1)}
-    for prefix, tree in (("state", checkpoint.state), ("ema", checkpoint.ema)):
+            "ema": checkpoint.emas is not None, "run": dict(run)}
+    arrays = {"images": np.asarray(checkpoint.images), "history": np.asarray(history, np.float32)}
+    for prefix, tree in (("state", checkpoint.states), ("ema", checkpoint.emas)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}/{i}"] = np.asarray(leaf)
     buf = io.BytesIO()
@@ -95,18 +99,19 @@ def save(path: str | os.PathLike, checkpoint: optimize.Checkpoint, run: Mapping[
 
 
 def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
-         content_shape: Sequence[int]) -> tuple[optimize.Checkpoint, np.ndarray]:
+         content_shape: Sequence[int], items: int = 1) -> tuple[optimize.Checkpoint, np.ndarray]:
     """Read a checkpoint of ``run`` and check that it fits this run.
 
     Args:
       path: the ``.npz`` file `save` wrote.
-      run: `run_record` of the run that continues (its settings and inputs
-        must equal the checkpoint's).
+      run: `run_record` of the run that continues (its settings, inputs and
+        details must equal the checkpoint's).
       config: the run's settings (the same as ``run["settings"]``).
-      content_shape: shape of the content image, which sets the image size at each scale.
+      content_shape: shape of the content images, which sets the image size at each scale.
+      items: how many items the checkpoint's program has.
     Returns:
       ``(checkpoint, history)``: the `optimize.Checkpoint` (NumPy leaves) for
-      `optimize.stylize`'s ``resume``, and the loss per step so far.
+      `optimize.run`'s ``resume``, and each item's loss per step so far.
     Raises:
       UsageError: the file is unreadable or not a checkpoint, belongs to a run
         with other settings, inputs or weights (the message says which), or its
@@ -114,18 +119,7 @@ def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
     """
     path = pathlib.Path(path)
     name = repr(str(path))
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
-        scale, step, has_ema, saved_run = int(meta["scale"]), int(meta["step"]), bool(meta["ema"]), meta["run"]
-        if not isinstance(saved_run, dict):
-            raise ValueError("no run record")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError) as e:
-        raise UsageError(f"cannot read checkpoint {name} ({e}); it is truncated or not a jaxstyle "
-                         "checkpoint: delete it to start afresh") from None
+    arrays, scale, step_done, has_ema, saved_run = _read(path, name)
     differences = _differences(saved_run, run)
     if differences:
         raise UsageError(f"checkpoint {name} belongs to another run: {'; '.join(differences)}; "
@@ -134,27 +128,55 @@ def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
     def bad(what: str) -> UsageError:
         return UsageError(f"checkpoint {name} is damaged: {what}; delete it to start afresh")
 
-    sizes = optimize.scale_sizes(config)
-    if not (0 <= scale < len(sizes) and 0 <= step <= config.steps):
-        raise bad(f"scale {scale} step {step} lies outside the run ({len(sizes)} scale(s) of {config.steps} steps)")
-    hw = optimize.output_shape(content_shape, sizes[scale])
-    image = arrays.get("image")
-    if image is None or image.shape != (*hw, 3) or image.dtype != np.float32 or not np.all(np.isfinite(image)):
-        got = "no image" if image is None else f"image {image.dtype} {image.shape}"
-        raise bad(f"{got}, expected finite float32 {(*hw, 3)}")
-    template = jax.ShapeDtypeStruct(image.shape, image.dtype)
-    state = _tree(arrays, "state", jax.eval_shape(lambda x: optimize.init_state(config.optimizer, x, config.lr),
-                                                  template), bad)
-    ema = None
+    sizes = plan.scale_sizes(config)
+    if not (0 <= scale < len(sizes) and 0 <= step_done <= config.steps):
+        raise bad(f"scale {scale} step {step_done} lies outside the run "
+                  f"({len(sizes)} scale(s) of {config.steps} steps)")
+    shape = (items, *plan.output_shape(content_shape, sizes[scale]), 3)
+    images = arrays.get("images")
+    if images is None or images.shape != shape or images.dtype != np.float32 or not np.all(np.isfinite(images)):
+        got = "no images" if images is None else f"images {images.dtype} {images.shape}"
+        raise bad(f"{got}, expected finite float32 {shape}")
+    template = jax.ShapeDtypeStruct(images.shape, images.dtype)
+    states = _tree(arrays, "state", jax.eval_shape(
+        jax.vmap(lambda x: step.init_state(config.optimizer, x, config.lr)), template), bad)
+    emas = None
     if config.ema_decay:
         if not has_ema:
             raise bad("no iterate average although the run averages (ema_decay)")
-        ema = _tree(arrays, "ema", jax.eval_shape(optax.ema(config.ema_decay).init, template), bad)
-    history = arrays.get("history", np.zeros(0, np.float32))
-    done = scale * config.steps + step
-    if history.ndim != 1 or len(history) != done:
-        raise bad(f"{history.size} losses in the history for {done} steps done")
-    return optimize.Checkpoint(scale, step, image, state, ema), history
+        emas = _tree(arrays, "ema", jax.eval_shape(jax.vmap(lambda x: step.init_average(config.ema_decay, x)),
+                                                   template), bad)
+    history = arrays.get("history", np.zeros((items, 0), np.float32))
+    done = scale * config.steps + step_done
+    if history.shape != (items, done):
+        raise bad(f"history of shape {history.shape} for {items} item(s) and {done} steps done")
+    return optimize.Checkpoint(scale, step_done, images, states, emas), history
+
+
+def saved_run(path: str | os.PathLike) -> dict[str, Any]:
+    """The `run_record` a checkpoint was saved with (to find which items it holds before loading it).
+
+    Raises:
+      UsageError: the file is unreadable or not a checkpoint.
+    """
+    return _read(pathlib.Path(path), repr(str(path)))[4]
+
+
+def _read(path: pathlib.Path, name: str) -> tuple[dict, int, int, bool, dict]:
+    """The arrays and metadata of a checkpoint file: ``(arrays, scale, step, has_ema, run)``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        scale, step_done, has_ema, saved_run = int(meta["scale"]), int(meta["step"]), bool(meta["ema"]), meta["run"]
+        if not isinstance(saved_run, dict):
+            raise ValueError("no run record")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError) as e:
+        raise UsageError(f"cannot read checkpoint {name} ({e}); it is truncated, not a jaxstyle checkpoint, "
+                         "or from another jaxstyle version: delete it to start afresh") from None
+    return arrays, scale, step_done, has_ema, saved_run
 
 
 def _tree(arrays: Mapping[str, np.ndarray], prefix: str, template: Any, bad) -> Any:
@@ -191,6 +213,9 @@ def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[s
     if saved.get("weights_sha256") != current["weights_sha256"]:
         out.append(f"the weights differ (SHA-256 {current['weights_sha256'][:12]}..., "
                    f"then {str(saved.get('weights_sha256'))[:12]}...)")
+    for key in sorted((set(saved) | set(current)) - {"settings", "inputs", "weights_sha256"}):
+        if saved.get(key) != current.get(key):
+            out.append(f"its {key} was {_show(saved.get(key))}, now {_show(current.get(key))}")
     return out
 
 

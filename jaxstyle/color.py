@@ -27,8 +27,6 @@ _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                         [0.595716, -0.274453, -0.321263],
                         [0.211456, -0.522591, 0.311135]], np.float32)
 
-PRESERVE_COLORS = ("none", "luminance", "histogram")
-
 
 def rgb_to_yiq(image: jax.Array) -> jax.Array:
     """RGB (h, w, 3) -> YIQ (h, w, 3): Y is luminance, I and Q are chrominance."""
@@ -60,6 +58,37 @@ def combine_luminance(output: jax.Array, content: jax.Array) -> jax.Array:
     """The output's luminance with the content's chrominance (I, Q), as RGB in [0, 1]."""
     yiq = rgb_to_yiq(content).at[..., 0].set(luminance(output))
     return jnp.clip(yiq_to_rgb(yiq), 0.0, 1.0)
+
+
+def prepare(preserve_colors: str, content: jax.Array, styles: list[jax.Array]) -> tuple[jax.Array, list[jax.Array]]:
+    """The content and style images as the optimisation sees them.
+
+    Args:
+      preserve_colors: "none", "luminance" (both become gray images of their
+        luminance, the style's matched to the content's mean and spread) or
+        "histogram" (the styles recoloured with `match_color_histogram`).
+      content: RGB in [0, 1], (h, w, 3).
+      styles: RGB in [0, 1], each (h_i, w_i, 3).
+    Returns:
+      ``(content, styles)``.
+    """
+    if preserve_colors == "luminance":
+        y = luminance(content)
+        return gray(y), [gray(match_luminance(luminance(s), y)) for s in styles]
+    if preserve_colors == "histogram":
+        return content, [match_color_histogram(s, content) for s in styles]
+    return content, styles
+
+
+def finish(preserve_colors: str, output: jax.Array, content: jax.Array) -> jax.Array:
+    """The output as the user sees it: with "luminance", its luminance with the content's colours.
+
+    Args:
+      preserve_colors: as in `prepare`.
+      output: the optimised image, RGB in [0, 1], (h, w, 3).
+      content: the content image at the output's size.
+    """
+    return combine_luminance(output, content) if preserve_colors == "luminance" else output
 
 
 def match_color_histogram(style: jax.Array, content: jax.Array) -> jax.Array:

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxstyle.config import STYLE_LOSSES
+
 
 def gram_matrix(features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     r"""Channel correlations of one feature map, averaged over positions.
@@ -186,9 +188,6 @@ def wasserstein2_distance(stats: tuple[jax.Array, jax.Array],
     cross = sqrtm_psd(t_cov_sqrt @ cov @ t_cov_sqrt)
     w2 = jnp.sum((mean - t_mean) ** 2) + jnp.trace(cov) + jnp.trace(t_cov) - 2 * jnp.trace(cross)
     return w2 / mean.shape[0]
-
-
-STYLE_LOSSES = ("gram", "mean_cov")
 
 
 def style_statistics(features: jax.Array, kind: str, mask: jax.Array | None = None):

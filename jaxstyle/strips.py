@@ -24,7 +24,7 @@ is a sum over strips too, and `content_and_style` wraps each strip in
 a time instead of keeping the whole image's activations. With ``split`` only
 the first blocks (high resolution: where the memory is) run in strips, with a
 small halo (32 rows up to pool3), and the deep blocks run on the whole image. That is what
-``--remat`` does to a step (`optimize.content_and_style`).
+``--remat`` does to a step (`step.content_and_style`).
 
 Mean and covariance (``kind="mean_cov"``) are combined with the pairwise
 update of Chan, Golub & LeVeque, which stays accurate when the mean is large
@@ -37,82 +37,15 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxstyle import losses, vgg
-
-# `optimize.compute_targets` computes a style image in strips above this many pixels.
-MAX_PIXELS = 2**22  # 4.2 megapixels, e.g. 2048 x 2048: about 3 GiB of VGG19 activations at once
-# Pixels of a strip's own rows (halo excluded), which bounds its activations' memory.
-STRIP_PIXELS = 2**21
-# With `VGG(remat=True)` a step runs the network in stages cut at REMAT_SPLITS, each but the last
-# in strips of about REMAT_PIXELS pixels of its input (`optimize.content_and_style`), which bounds
-# the memory of its backward pass.
-REMAT_SPLITS = ("pool2", "pool3")
-REMAT_PIXELS = 2**16
-
-
-def _after(blocks: Sequence[int], start: str | None) -> tuple[str, ...]:
-    """The layers computed from the input ``start`` (None: from the image)."""
-    order = vgg.layer_names(blocks)
-    return order if start is None else order[order.index(start) + 1:]
-
-
-def row_scale(blocks: Sequence[int], layer: str, start: str | None = None) -> int:
-    """Input rows per row of ``layer``: 2 to the number of poolings up to and including it.
-
-    The input is the image, or the activation of the layer ``start``.
-    """
-    after = _after(blocks, start)
-    return 2 ** sum(name.startswith("pool") for name in after[: after.index(layer) + 1])
-
-
-def halo_rows(blocks: Sequence[int], layers: Sequence[str], start: str | None = None) -> int:
-    """Rows of context above and below a strip that make its deepest layer exact.
-
-    Each 3x3 convolution and each 2x2 pooling widens the receptive field by
-    one row of its input on each side, and a row of the input of a layer
-    after ``p`` poolings is ``2**p`` rows of the strip's input (the image, or
-    the activation of ``start``). The sum is rounded up to a multiple of the
-    deepest layer's `row_scale`. For VGG19 from the image up to relu5_1 it is
-    85 rows, rounded to 96; up to pool2, 9 rounded to 12.
-    """
-    after = _after(blocks, start)
-    deepest = max(layers, key=after.index)
-    rows, scale = 0, 1
-    for name in after[: after.index(deepest) + 1]:
-        if name.startswith(("conv", "pool")):
-            rows += scale
-        if name.startswith("pool"):
-            scale *= 2
-    return math.ceil(rows / scale) * scale
-
-
-def strip_rows(width: int, blocks: Sequence[int], layers: Sequence[str], pixels: int = STRIP_PIXELS,
-               start: str | None = None) -> int:
-    """Own rows of a strip of about ``pixels`` pixels of an input ``width`` wide.
-
-    A multiple of the deepest layer's `row_scale`, and at least the halo, so
-    that a strip computes at most three times its own rows.
-    """
-    after = _after(blocks, start)
-    align = row_scale(blocks, max(layers, key=after.index), start)
-    return max(halo_rows(blocks, layers, start), pixels // max(width, 1) // align * align)
-
-
-def stage_rows(blocks: Sequence[int], width: int, split: str, start: str | None, pixels: int) -> int:
-    """Own rows of a strip of the stage from ``start`` to ``split``, about ``pixels`` pixels of the image.
-
-    The stage's input is ``width`` wide; its pixels each cover ``row_scale(start)**2``
-    of the image's, so a smaller activation gets fewer pixels per strip.
-    """
-    scale = 1 if start is None else row_scale(blocks, start)
-    return strip_rows(width, blocks, (split,), pixels // scale**2, start)
-
+from jaxstyle import losses, plan, vgg
+from jaxstyle.plan import STRIP_PIXELS, halo_rows, row_scale, stage_rows, strip_rows
 
 def style_statistics(model: vgg.VGG, params, image: jax.Array, layers: Sequence[str], kind: str = "gram",
                      masks: Mapping[str, jax.Array] | None = None, *, rows: int | None = None) -> dict:
@@ -125,7 +58,7 @@ def style_statistics(model: vgg.VGG, params, image: jax.Array, layers: Sequence[
       kind: "gram" (Gram matrices) or "mean_cov" (mean and covariance).
       masks: optional layer name -> (h_l, w_l) weights of that layer's
         positions, at the layer's resolution for the whole image (as
-        `optimize.compute_targets` makes them).
+        `step.layer_masks` makes them).
       rows: rows of image per strip (see `content_and_style`).
     Returns:
       layer name -> Gram matrix (c, c), or ``(mean (c,), covariance (c, c))``,
@@ -185,7 +118,7 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
     """
     if kind not in ("gram", "mean_cov"):
         raise ValueError(f"unknown style statistics {kind!r}; expected 'gram' or 'mean_cov'")
-    order = vgg.layer_names(model.blocks)
+    order = plan.layer_names(model.blocks)
     if any(split not in order or not split.startswith("pool") for split in splits) or \
             list(splits) != sorted(set(splits), key=order.index):
         raise ValueError(f"`splits` must be pooling layers of this network in forward order, got {list(splits)}")
@@ -197,7 +130,7 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
     content, style = {}, tuple({} for _ in masks)
     x, start = image, None
     for split in (*splits, None):  # None: the last stage, whole
-        after = _after(model.blocks, start)
+        after = plan.layers_after(model.blocks, start)
         stage = (lambda names: tuple(n for n in names if n in after and (
             split is None or after.index(n) <= after.index(split))))  # noqa: E731
         deeper = split is not None and any(after.index(n) > after.index(split)
@@ -234,46 +167,17 @@ def _in_strips(model: vgg.VGG, params, x: jax.Array, start: str | None, content_
                style_layers: tuple[str, ...], kind: str, masks, rows: int) -> tuple[dict, tuple[dict, ...]]:
     """`content_and_style`'s result for the layers after ``start``, from ``x`` in strips of ``rows`` rows."""
     layers = tuple(dict.fromkeys(content_layers + style_layers))
-    after = _after(model.blocks, start)
+    after = plan.layers_after(model.blocks, start)
     align = row_scale(model.blocks, max(layers, key=after.index), start)
     halo = halo_rows(model.blocks, layers, start)
     if rows <= 0 or rows % align:
         raise ValueError(f"`rows` must be a positive multiple of {align} (rows of the input per row of the "
                          f"deepest layer), got {rows}")
     h = x.shape[0]
-    scale = {name: row_scale(model.blocks, name, start) for name in layers}
     full = jax.eval_shape(lambda x: model.apply({"params": params}, x, layers, start=start), x)
-
-    def strip(x, top_row, top, size: int, keep: int, first: int):
-        """One strip: input rows [top, top + size), own rows [top_row, top_row + keep).
-
-        ``first = top_row - top`` and ``keep`` are static; ``top_row`` and ``top``
-        may be traced (in the loop). ``first`` is a multiple of every layer's
-        row scale, so the own rows of a layer are rows ``first // s`` to
-        ``(first + keep) // s`` of the strip's activations (the floor is the
-        network's: a last strip's odd rows are dropped by pooling as the
-        whole input's are). Returns the own rows of the content layers and
-        each region's sums (`_moments`).
-        """
-        feats = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(x, top, size, axis=0), layers,
-                            start=start)
-        own = {name: jax.lax.slice_in_dim(feats[name], first // scale[name], (first + keep) // scale[name], axis=0)
-               for name in layers}
-        flat = {}  # accumulate in float32, as losses do
-        for name in style_layers:
-            f = own[name].reshape(-1, own[name].shape[-1])
-            flat[name] = f.astype(jnp.promote_types(f.dtype, jnp.float32))
-        sums = []
-        for region in masks:
-            sums.append({})
-            for name, f in flat.items():
-                m = jnp.ones((f.shape[0], 1), f.dtype) if region is None else jax.lax.dynamic_slice_in_dim(
-                    region[name], top_row // scale[name], own[name].shape[0], axis=0).reshape(-1, 1).astype(f.dtype)
-                sums[-1][name] = _moments(f, m, kind)
-        return {name: own[name] for name in content_layers}, tuple(sums)
-
     # Under jax.grad, keep only each strip's inputs and recompute its activations in the backward pass.
-    strip = jax.checkpoint(strip, static_argnums=(3, 4, 5))
+    strip = jax.checkpoint(functools.partial(_strip, model, params, start, content_layers, style_layers, kind, masks),
+                           static_argnums=(3, 4, 5))
 
     def geometry(i: int) -> tuple[int, int, int, int, int]:
         """Strip ``i``: (top_row, top, size, keep, first), all static."""
@@ -304,6 +208,37 @@ def _in_strips(model: vgg.VGG, params, x: jax.Array, start: str | None, content_
     style = tuple({name: _finish(sums[name], kind, region is None, full[name].shape) for name in style_layers}
                   for sums, region in zip(acc, masks))
     return content, style
+
+
+def _strip(model: vgg.VGG, params, start: str | None, content_layers: tuple[str, ...], style_layers: tuple[str, ...],
+           kind: str, masks, x: jax.Array, top_row, top, size: int, keep: int, first: int):
+    """One strip: input rows [top, top + size), own rows [top_row, top_row + keep).
+
+    ``first = top_row - top`` and ``keep`` are static; ``top_row`` and ``top``
+    may be traced (in the loop). ``first`` is a multiple of every layer's
+    row scale, so the own rows of a layer are rows ``first // s`` to
+    ``(first + keep) // s`` of the strip's activations (the floor is the
+    network's: a last strip's odd rows are dropped by pooling as the
+    whole input's are). Returns the own rows of the content layers and
+    each region's sums (`_moments`).
+    """
+    layers = tuple(dict.fromkeys(content_layers + style_layers))
+    scale = {name: row_scale(model.blocks, name, start) for name in layers}
+    feats = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(x, top, size, axis=0), layers, start=start)
+    own = {name: jax.lax.slice_in_dim(feats[name], first // scale[name], (first + keep) // scale[name], axis=0)
+           for name in layers}
+    flat = {}  # accumulate in float32, as losses do
+    for name in style_layers:
+        f = own[name].reshape(-1, own[name].shape[-1])
+        flat[name] = f.astype(jnp.promote_types(f.dtype, jnp.float32))
+    sums = []
+    for region in masks:
+        sums.append({})
+        for name, f in flat.items():
+            m = jnp.ones((f.shape[0], 1), f.dtype) if region is None else jax.lax.dynamic_slice_in_dim(
+                region[name], top_row // scale[name], own[name].shape[0], axis=0).reshape(-1, 1).astype(f.dtype)
+            sums[-1][name] = _moments(f, m, kind)
+    return {name: own[name] for name in content_layers}, tuple(sums)
 
 
 def _moments(f: jax.Array, m: jax.Array, kind: str):
