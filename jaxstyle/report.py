@@ -1,0 +1,254 @@
+"""The edge of every run: what the user sees, and what is kept whatever happens.
+
+One `Reporter` serves every command that optimises (``stylize``, ``demo``,
+``batch``, ``sweep``). The library calls it with a `optimize.Progress` record
+between chunks of steps; it
+
+- draws one progress bar over the whole command (every program, every
+  scale), with the loss and the style and content terms;
+- keeps each item's loss per step, and writes the loss log (``--log``);
+- writes snapshots (``--save-every``) and checkpoints (``--checkpoint-every``)
+  through the command's `Program`; a checkpoint that cannot be written is a
+  warning, once, not the end of the run;
+- ends a run the same way for every command when a signal comes
+  (`signals_end_runs`: Ctrl-C, SIGTERM, SIGHUP): the pictures of the last
+  report and a checkpoint are saved, one line says where, and the exit code is
+  128 plus the signal's number (130, 143, 129).
+
+Only this module and the command line print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import pathlib
+import signal
+import sys
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from jaxstyle._files import atomic_write_bytes
+from jaxstyle.config import RunOptions
+from jaxstyle.errors import JaxstyleError, Stopped
+
+# The signals that end a run, saving it first. SIGHUP does not exist on Windows.
+ENDING_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
+
+
+class Interrupted(BaseException):
+    """A signal that ends the run, raised where the run stands (a `BaseException`, like KeyboardInterrupt).
+
+    Attributes:
+      signum: the signal's number; exit_code: ``128 + signum``, as shells report a signal's end.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def signals_end_runs() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise `Interrupted` (the first one; later ones are
+    ignored, so that saving the run is not interrupted in turn). Outside the main thread, a no-op."""
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Interrupted(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in ENDING_SIGNALS}
+    except ValueError:  # not the main thread: signals go to it, not here
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class Program:
+    """What the reporter keeps of one program (one compiled batch of items) and how.
+
+    Attributes:
+      names: one name per item, for the loss log.
+      checkpoint: where its checkpoint goes (None: no checkpoints).
+      record: `checkpoint.run_record` of the run, saved in the checkpoint.
+      save_pictures: ``(progress, why)`` -> the files written: the pictures of
+        a report as snapshots (why = "step") or when interrupted (why = "interrupted").
+      leftovers: files of an earlier, interrupted run of this program, removed when it finishes.
+      history: each item's losses of earlier steps (from a resumed checkpoint), (items, steps).
+    """
+
+    names: Sequence[str]
+    checkpoint: pathlib.Path | None
+    record: dict | None
+    save_pictures: Callable[[Any, str], list[pathlib.Path]]
+    leftovers: Sequence[pathlib.Path] = ()
+    history: np.ndarray | None = None
+
+
+class Reporter:
+    """The callback of every run of a command (see the module docs).
+
+    Args:
+      options: the run options (``quiet``, ``save_every``, ``checkpoint_every``, ``log``).
+      total: item-steps of the whole command (the progress bar's length).
+      done: item-steps already done before this process (a resumed run).
+    """
+
+    def __init__(self, options: RunOptions, total: int, done: int = 0):
+        self.options = options
+        self.bar = None if options.quiet or not total else _progress_bar(total, done)
+        self.log_rows: list[dict[str, Any]] = []
+        self.program: Program | None = None
+        self.latest = None  # the last Progress
+        self.warned = False
+
+    def start(self, program: Program) -> None:
+        """A new program begins (its checkpoint, if any, already loaded into ``program.history``)."""
+        self.program, self.latest = program, None
+        items = len(program.names)
+        self.history = np.zeros((items, 0), np.float32) if program.history is None else program.history
+        self.saved = self.counted = self.history.shape[1]  # steps of the last checkpoint, and of the bar
+
+    def __call__(self, p) -> None:
+        """The library's callback: one `optimize.Progress`."""
+        self.history = np.concatenate([self.history, p.losses], axis=1)
+        self.latest = p
+        every, save = self.options.checkpoint_every, self.options.save_every
+        if every and p.step // every > self.saved // every and p.step < p.steps:
+            self._checkpoint()
+        if save and p.step % save == 0 and p.step < p.steps:
+            self.program.save_pictures(p, "step")
+        if self.bar is not None:
+            self.bar.update((p.step - self.counted) * len(p.items))
+            self.bar.set_postfix(loss=f"{np.mean(p.losses[:, -1]):.4g}", style=f"{np.mean(p.terms['style']):.3g}",
+                                 content=f"{np.mean(p.terms['content']):.3g}", refresh=False)
+        self.counted = p.step
+
+    def _checkpoint(self) -> bool:
+        """Save the latest checkpoint; a failure is a warning (once), and the run goes on."""
+        if self.program.checkpoint is None or self.latest is None:
+            return False
+        from jaxstyle import checkpoint  # JAX is running by now
+
+        try:
+            checkpoint.save(self.program.checkpoint, self.latest.checkpoint, self.program.record, self.history)
+        except OSError as e:
+            if not self.warned:
+                self.note(f"warning: cannot write the checkpoint ({e.strerror or e}); the run goes on "
+                          "without checkpoints until one can be written")
+                self.warned = True
+            return False
+        self.saved = self.latest.step
+        return True
+
+    @contextlib.contextmanager
+    def running(self, config, done: Callable[[], str] = lambda: "") -> Iterator[None]:
+        """Around a command's runs: a signal saves the run and ends it (`Stopped`), and a device's
+        out-of-memory error becomes one line. ``done()`` adds what the command finished, to the message."""
+        with signals_end_runs():
+            try:
+                yield
+            except Interrupted as e:
+                raise self.interrupted(e, done()) from None
+            except Exception as e:
+                if type(e).__name__ == "JaxRuntimeError" and "RESOURCE_EXHAUSTED" in str(e):
+                    import jax
+
+                    hint = "lower `size`" if config.remat else "lower `size` or use `remat`"
+                    raise JaxstyleError(f"out of memory on the {jax.default_backend()} at `size` {config.size} "
+                                        f"({str(e).splitlines()[0][:160]}); {hint}") from e
+                raise
+            finally:
+                self.close()
+
+    def keep_or_write(self, path: pathlib.Path, image: np.ndarray, metadata: dict[str, str], *,
+                      overwrite: bool) -> None:
+        """Write a finished output; if that fails, keep the finished run in its checkpoint, then fail."""
+        from jaxstyle import images
+
+        try:
+            images.save_image(path, image, metadata=metadata, overwrite=overwrite)
+        except JaxstyleError as e:
+            kept = self._checkpoint()
+            raise JaxstyleError(f"{e}" + (f"; the finished run is kept in {self.program.checkpoint}: fix that and "
+                                          "run the command again with `resume`" if kept else "")) from e
+
+    def finish(self) -> None:
+        """The program's outputs are written: its checkpoint and leftovers go, its losses go to the log."""
+        for path in (self.program.checkpoint, *self.program.leftovers):
+            if path is not None:
+                remove(path)
+        for name, losses in zip(self.program.names, self.history):
+            self.log_rows += [{"item": name, "step": i, "loss": float(x)} for i, x in enumerate(losses)]
+
+    def interrupted(self, signal_: Interrupted, done: str = "") -> Stopped:
+        """Save the run at its last report (checkpoint first, then pictures); the `Stopped` error to raise."""
+        self.close()
+        if self.latest is None:
+            return Stopped(f"interrupted ({signal_}) before the first steps finished; nothing to save{done}",
+                           signal_.exit_code)
+        files = [self.program.checkpoint] if self._checkpoint() else []
+        try:
+            files = self.program.save_pictures(self.latest, "interrupted") + files
+        except JaxstyleError as e:
+            self.note(f"warning: {e}")
+        saved = " and ".join(map(str, files)) or "nothing"
+        return Stopped(f"interrupted ({signal_}) at step {self.latest.step}; saved {saved}{done} "
+                       "(continue with --resume)", signal_.exit_code)
+
+    def write_log(self, single: bool) -> None:
+        """Write the loss log (``--log``), one row per item and step; ``single``: no item column."""
+        if not self.options.log:
+            return
+        rows = [{k: v for k, v in r.items() if not (single and k == "item")} for r in self.log_rows]
+        path = pathlib.Path(self.options.log)
+        if path.suffix.lower() == ".json":
+            data = json.dumps(rows).encode()
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=["step", "loss"] if single else ["item", "step", "loss"])
+            writer.writeheader()
+            writer.writerows(rows)
+            data = buf.getvalue().encode()
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise JaxstyleError(f"cannot write the log {str(path)!r}: {e.strerror or e}") from e
+
+    def note(self, message: str) -> None:
+        """One line on stderr, above the progress bar."""
+        if self.bar is not None:
+            self.bar.write(f"jaxstyle: {message}", file=sys.stderr)
+        else:
+            print(f"jaxstyle: {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def remove(path: pathlib.Path) -> None:
+    """Delete a file of ours if it is there; a failure to delete is not worth failing the run."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _progress_bar(total: int, done: int = 0):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr)
