@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxstyle import runtime, vgg, weights
+from jaxstyle import convert, runtime, vgg, weights
 
 # The command line turns on the persistent compilation cache in the user's cache
 # directory; tests that run it must not fill that. tests/test_speed.py checks the
@@ -28,7 +28,7 @@ os.environ.setdefault(runtime.CACHE_ENV, "off")
 def real_weights() -> tuple[dict, dict]:
     """``(params, meta)`` of the real VGG19, fetched (and verified) at the default path."""
     path = weights.default_path()  # $JAXSTYLE_WEIGHTS when set, else the user cache
-    weights.fetch(path)  # fast when valid weights are already there; raises JaxstyleError otherwise
+    convert.fetch(path)  # fast when valid weights are already there; raises JaxstyleError otherwise
     return weights.load(path)
 
 
@@ -55,3 +55,9 @@ def tiny():
     keys = iter(jax.random.split(jax.random.key(1), 100))
     params = {n: {**p, "bias": 0.1 * jax.random.normal(next(keys), p["bias"].shape)} for n, p in params.items()}
     return optimize.Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), params)
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny):
+    """The parameters of `tiny`."""
+    return tiny.params

@@ -24,13 +24,12 @@ import sys
 import numpy as np
 import pytest
 
-from jaxstyle import __version__, cli, images, optimize, weights
-from jaxstyle.config import StylizeConfig
-from jaxstyle.errors import UsageError
+from jaxstyle import __version__, cli, images, step, weights
+from jaxstyle.config import RunOptions, StylizeConfig
 
 SIZE = 32  # --size of most runs: 40x30 inputs give 32x24 outputs
 OUT_HW = (24, 32)
-STEPS = 10  # one chunk of `optimize.CHUNK` steps
+STEPS = 10  # one chunk of `step.CHUNK` steps
 LEVEL = 1 / 255  # one step of an 8-bit PNG
 DIFFERS = 4 * LEVEL  # a changed option must move some pixel by more than this
 JAXSTYLE = pathlib.Path(sys.executable).with_name("jaxstyle")  # the console script of this venv
@@ -78,7 +77,7 @@ def _stylize(files, weights_path, out, *options, steps: int = STEPS, quiet: bool
 
 
 def _content_at_output_size(files) -> np.ndarray:
-    return np.asarray(optimize.resize(images.load_image(files["content"]), OUT_HW))
+    return np.asarray(step.resize(images.load_image(files["content"]), OUT_HW))
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,7 +194,7 @@ def test_init_noise_differs_from_content(files, tiny_weights, baseline, tmp_path
 
 def test_init_path_is_the_starting_image(files, tiny_weights, tmp_path):
     out = _stylize(files, tiny_weights, tmp_path / "out.png", "--init", files["init"], "--lr", 1e-6, steps=1)
-    start = np.asarray(optimize.resize(images.load_image(files["init"]), OUT_HW))
+    start = np.asarray(step.resize(images.load_image(files["init"]), OUT_HW))
     np.testing.assert_allclose(out, start, rtol=0, atol=LEVEL + 1e-5)  # one Adam step of 1e-6, then 8 bits
     assert _distance(out, _content_at_output_size(files)) > 0.2
 
@@ -233,8 +232,9 @@ def test_save_every_writes_intermediate_images(files, tiny_weights, tmp_path):
     out = tmp_path / "run.png"
     final = _stylize(files, tiny_weights, out, "--save-every", 5, steps=20)
     saved = sorted(p.name for p in tmp_path.iterdir())
-    assert saved == ["run.png", "run.step00005.png", "run.step00010.png", "run.step00015.png"]
-    first, last = (images.load_image(tmp_path / f"run.step000{s}.png") for s in ("05", "15"))
+    # Named after the full output name, so run.png's and run.jpg's snapshots never mix.
+    assert saved == ["run.png", "run.png.step00005.png", "run.png.step00010.png", "run.png.step00015.png"]
+    first, last = (images.load_image(tmp_path / f"run.png.step000{s}.png") for s in ("05", "15"))
     assert first.shape == last.shape == final.shape
     _assert_differs(first, last)  # snapshots of different steps, not one image written three times
 
@@ -294,7 +294,7 @@ def _error_cases():
         ("output parent is a file", lambda f, w, out: base(f, w, f["content"] / "out.png"), ["photo.png", "not a directory"]),
         ("unknown extension", lambda f, w, out: base(f, w, out.with_suffix(".xyz")), [".xyz"]),
         ("zero steps", lambda f, w, out: base(f, w, out, "--steps", 0), ["steps", "0"]),
-        ("negative style weight", lambda f, w, out: base(f, w, out, "--style-weight", -1), ["style_weight", "-1"]),
+        ("negative style weight", lambda f, w, out: base(f, w, out, "--style-weight", -1), ["--style-weight", "-1"]),
         ("unknown option", lambda f, w, out: base(f, w, out, "--colour", "red"), ["--colour"]),
         ("unknown content layer", lambda f, w, out: base(f, w, out, "--content-layers", "relu9_9"), ["relu9_9"]),
         ("unknown style layer", lambda f, w, out: base(f, w, out, "--style-layers", "relu1_1", "pool7"), ["pool7"]),
@@ -306,7 +306,7 @@ def _error_cases():
         ("negative save-every", lambda f, w, out: base(f, w, out, "--save-every", -5), ["save-every", "-5"]),
         ("log extension", lambda f, w, out: base(f, w, out, "--log", "losses.txt"), ["losses.txt"]),
         ("remat with shard-image", lambda f, w, out: base(f, w, out, "--remat", "--shard-image"),
-         ["remat", "--shard-image", "use one of them"]),
+         ["--remat", "--shard-image", "use one of them"]),
         ("no subcommand", lambda f, w, out: [], ["command"]),
     ]
 
@@ -332,22 +332,25 @@ def test_missing_weights_is_one_line_with_exit_code_1(files, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_unwritable_log_is_one_line_after_the_image_is_saved(files, tiny_weights, tmp_path, capsys):
+def test_an_unwritable_log_is_refused_before_any_compute(files, tiny_weights, tmp_path, capsys):
     out = tmp_path / "out.png"
     argv = _args(files, tiny_weights, out, "--steps", 1, "--quiet", "--log", files["content"] / "log.json")
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("jaxstyle: error:") and "log.json" in err and err.count("\n") == 1
-    assert images.load_image(out).shape == (*OUT_HW, 3)
+    assert err.startswith("jaxstyle: error:") and "log.json" in err and "not a directory" in err
+    assert err.count("\n") == 1
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_debug_raises_instead_of_one_line(files, tiny_weights, tmp_path, where):
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(files, tiny_weights, tmp_path, where, capsys):
     argv = _args(files, tiny_weights, tmp_path / "out.png")
     argv[1] = str(tmp_path / "nope.png")
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
-    with pytest.raises(UsageError, match="nope.png"):
-        cli.main(argv)
+    assert cli.main(argv) == 2  # a usage error stays one, with or without --debug
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UsageError" in err
+    assert err.strip().splitlines()[-1].startswith("jaxstyle: error:") and "nope.png" in err
 
 
 def test_every_config_field_is_an_option_of_its_type():
@@ -370,6 +373,81 @@ def test_every_config_field_is_an_option_of_its_type():
         else:
             value = getattr(parser.parse_args([*required, flag, "17"]), f.name)
             assert type(value) is type(f.default) and value == type(f.default)("17"), f.name
+
+
+RUN_COMMANDS = {
+    "stylize": ["stylize", "c.png", "--style", "s.png", "-o", "o.png"],
+    "demo": ["demo"],
+    "batch": ["batch", "photos", "--style", "s.png", "-o", "out"],
+    "sweep": ["sweep", "c.png", "--style", "s.png", "-o", "out", "--lr", "0.01,0.02"],
+}
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_every_run_option_is_declared_once_and_taken_by_every_command(command):
+    """`RunOptions` is the one declaration: each field is a flag of every command that optimises."""
+    parser = cli.build_parser()
+    required = RUN_COMMANDS[command]
+    assert cli.config_from_args(parser.parse_args(required), RunOptions) == RunOptions()
+    given = {"weights": "w.npz", "overwrite": True, "resume": True, "checkpoint_every": 7, "save_every": 3,
+             "log": "loss.csv", "quiet": True, "shard_image": True, "max_pixels": 1000}
+    assert set(given) == {f.name for f in dataclasses.fields(RunOptions)}
+    argv = [*required]
+    for name, value in given.items():
+        argv += [cli.flag(name)] if value is True else [cli.flag(name), str(value)]
+    assert cli.config_from_args(parser.parse_args(argv), RunOptions) == RunOptions(**given)
+
+
+def test_library_messages_are_worded_as_flags():
+    assert cli.as_flags("`style_blend` has 3 weights; raise `size` or `max_pixels`; lower `lr`") == \
+        "--style-blend has 3 weights; raise --size or --max-pixels; lower --lr"
+    assert cli.as_flags("unknown `foo`, code `print`") == "unknown `foo`, code `print`"  # not a setting: kept
+
+
+def _messages(files, tmp_path):
+    """(id, argv, exit code, words in the one line, words not in it): refusals a user can act on."""
+    wide = tmp_path / "wide.png"
+    images.save_image(wide, np.full((40, 2000, 3), 0.5))
+    (tmp_path / "fifo.png").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "fifo.png")
+    out = tmp_path / "out.png"
+    run = lambda *extra: [*_args(files, "WEIGHTS", out, "--steps", 1, "--quiet"), *map(str, extra)]  # noqa: E731
+    return [
+        ("style scale", run("--style-scale", 1000, "--size", 48), 2, ["--style-scale 1000", "use --style-scale"],
+         ["--size 48 needs"]),
+        ("pixel limit", run("--max-pixels", 100), 2, ["than the limit of 100", "raise --max-pixels"], []),
+        ("device file", [*run()[:1], "/dev/zero", *run()[2:]], 2, ["'/dev/zero' is not a regular file"], ["empty"]),
+        ("fifo", [*run()[:1], str(tmp_path / "fifo.png"), *run()[2:]], 2, ["is not a regular file"], ["empty"]),
+        ("proc", [*_args(files, "WEIGHTS", "/proc/out.png", "--steps", 1)], 2,
+         ["cannot create a file in '/proc'"], ["not writable"]),
+        ("no file name", [*_args(files, "WEIGHTS", tmp_path / ".png", "--steps", 1)], 2,
+         ["has an extension but no name", "out.png"], ["extension ''"]),
+        ("thin image", [*run()[:1], str(wide), *run()[2:], "--size", "64"], 2,
+         ["the output is 64x1 pixels", "raise --size to at least 775"], ["`size`"]),
+        ("weights not weights", run("--weights", files["text"]), 1, ["notes.png is not a jaxstyle weights file"],
+         ["allow_pickle", "weights fetch"]),
+        ("batch into a file", ["batch", str(files["content"]), "--style", str(files["style"]), "-o",
+                               str(files["style"]), "--weights", "WEIGHTS"], 2,
+         ["the output folder", "painting.png' is a file"], ["probe", ".jaxstyle-check"]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_refusals_name_the_option_to_change(files, tiny_weights, tmp_path, capsys, case):
+    name, argv, code, words, absent = _messages(files, tmp_path)[case]
+    argv = [str(tiny_weights) if a == "WEIGHTS" else a for a in argv]
+    assert cli.main(argv) == code, name
+    err = capsys.readouterr().err
+    assert err.startswith("jaxstyle: error:") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, (name, err)
+    for word in absent:
+        assert word not in err, (name, err)
+
+
+def test_the_pixel_limit_can_be_raised(files, tiny_weights, tmp_path):
+    assert cli.main(_args(files, tiny_weights, tmp_path / "out.png", "--steps", 1, "--quiet",
+                          "--max-pixels", 30 * 40)) == 0
 
 
 def test_help_and_version_exit_0(capsys):
@@ -408,7 +486,7 @@ def test_script_usage_error_exit_code_and_debug_traceback(files, tiny_weights, t
     assert proc.returncode == 2
     assert proc.stderr.startswith("jaxstyle: error:") and proc.stderr.count("\n") == 1, proc.stderr
     proc = _script("--debug", *argv)
-    assert proc.returncode == 1  # an uncaught exception
+    assert proc.returncode == 2  # the same exit code, with the traceback
     assert "Traceback" in proc.stderr and "nope.png" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 

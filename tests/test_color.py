@@ -16,7 +16,7 @@ import pytest
 from synthetic import photo as _photo
 import scipy.linalg
 
-from jaxstyle import color, optimize, vgg, weights
+from jaxstyle import color, optimize, step
 from jaxstyle.config import StylizeConfig
 
 # NTSC 1953 RGB -> YIQ, written out again here (not imported) as the reference.
@@ -112,7 +112,7 @@ def runs(tiny):
     content, style = _photo(), _red_painting()
     out = {mode: optimize.stylize(content, style, tiny, CFG.replace(preserve_colors=mode))
            for mode in ("none", "luminance", "histogram")}
-    return out, np.asarray(optimize.resize(content, (24, 32)), np.float64)
+    return out, np.asarray(step.resize(content, (24, 32)), np.float64)
 
 
 def test_luminance_mode_keeps_the_content_chrominance_exactly(runs):
@@ -130,7 +130,7 @@ def test_luminance_mode_keeps_the_content_chrominance_exactly(runs):
 
 def test_luminance_mode_optimises_gray_images_with_matched_luminance():
     content, style = jnp.asarray(_photo()), jnp.asarray(_red_painting())
-    gray_content, (gray_style,) = optimize._prepare_colors(CFG.replace(preserve_colors="luminance"), content, [style])
+    gray_content, (gray_style,) = color.prepare("luminance", content, [style])
     for image in (gray_content, gray_style):
         np.testing.assert_array_equal(image[..., 0], image[..., 1])
         np.testing.assert_array_equal(image[..., 0], image[..., 2])
@@ -141,7 +141,7 @@ def test_luminance_mode_optimises_gray_images_with_matched_luminance():
 
 def test_histogram_mode_recolours_the_style_and_keeps_the_output_colours_closer(runs):
     content, style = jnp.asarray(_photo()), jnp.asarray(_red_painting())
-    _, (matched,) = optimize._prepare_colors(CFG.replace(preserve_colors="histogram"), content, [style])
+    _, (matched,) = color.prepare("histogram", content, [style])
     mean_m, cov_m = _stats(matched)
     mean_c, cov_c = _stats(content)
     assert np.all((np.asarray(matched) > 0) & (np.asarray(matched) < 1))  # nothing clipped: exact

@@ -134,17 +134,28 @@ def test_16bit_png_keeps_its_precision(tmp_path):
     assert len(np.unique(loaded)) == 65536  # not squeezed through 8 bits
 
 
-def test_32bit_integer_and_float_grayscale(tmp_path):
-    ints = np.linspace(-1000, 70000, 16 * 16).reshape(16, 16).astype(np.int32)
-    path = _save(tmp_path, "int32.tif", Image.fromarray(ints))
-    assert Image.open(path).mode == "I"
+@pytest.mark.parametrize("dtype, top, scale", [
+    (np.int32, 255, 255), (np.int32, 65535, 65535), (np.int32, 1000, 65535),  # mode I: 8-bit, 16-bit values
+    (np.float32, 1.0, 1), (np.float32, 255.0, 255), (np.float32, 4000.0, 65535),  # mode F: [0, 1], 8, 16 bits
+])
+def test_32bit_integer_and_float_grayscale_are_read_by_their_value_range(tmp_path, dtype, top, scale):
+    """32-bit TIFFs carry no range: values up to 255 are 8-bit (not a nearly black 16-bit image), and so on."""
+    values = np.linspace(0, top, 16 * 16).reshape(16, 16).astype(dtype)
+    path = _save(tmp_path, "gray32.tif", Image.fromarray(values))
+    assert Image.open(path).mode == ("I" if dtype == np.int32 else "F")
     loaded = images.load_image(path)
-    np.testing.assert_allclose(loaded[..., 2], np.clip(ints, 0, 65535) / 65535, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(loaded[..., 1], values.astype(np.float64) / scale, rtol=1e-6, atol=1e-7)
+    assert loaded.max() == pytest.approx(top / scale, rel=1e-6)  # a 0-255 image is white where it is 255
 
-    floats = np.linspace(-0.5, 1.5, 16 * 16).reshape(16, 16).astype(np.float32)
-    path = _save(tmp_path, "float.tif", Image.fromarray(floats))
-    assert Image.open(path).mode == "F"
-    np.testing.assert_allclose(images.load_image(path)[..., 0], np.clip(floats, 0, 1), rtol=0, atol=0)
+
+@pytest.mark.parametrize("values, words", [
+    (np.linspace(-1000, 2000, 256).astype(np.int32), "from -1000 to 2000"),
+    (np.linspace(0, 70000, 256).astype(np.int32), "outside 0-255 or 0-65535"),
+    (np.linspace(-0.5, 1.0, 256).astype(np.float32), "from -0.5 to 1"),
+])
+def test_32bit_images_outside_every_range_are_refused(tmp_path, values, words):
+    path = _save(tmp_path, "gray32.tif", Image.fromarray(values.reshape(16, 16)))
+    _refused(path, match=words)
 
 
 def test_float_image_with_nan_is_refused(tmp_path):
@@ -307,7 +318,7 @@ def test_png_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
 
 def test_bad_max_pixels_is_refused(tmp_path):
     path = _save(tmp_path, "ok.png", Image.fromarray(_random_uint8((16, 16, 3))))
-    with pytest.raises(UsageError, match="max_pixels=0"):
+    with pytest.raises(UsageError, match="`max_pixels` must be at least 1, got 0"):
         images.load_image(path, max_pixels=0)
 
 
@@ -452,7 +463,7 @@ def test_existing_file_is_not_overwritten(tmp_path):
     path = tmp_path / "out.png"
     images.save_image(path, _smooth_image())
     before = path.read_bytes()
-    with pytest.raises(UsageError, match="--overwrite") as info:
+    with pytest.raises(UsageError, match="pass `overwrite` to replace it") as info:
         images.save_image(path, 1 - _smooth_image())
     assert "out.png" in str(info.value)
     assert path.read_bytes() == before
@@ -531,7 +542,7 @@ def test_check_writable_accepts_a_new_file_and_leaves_nothing(tmp_path):
 def test_check_writable_refuses_existing_file_unless_overwrite(tmp_path):
     path = tmp_path / "exists.jpg"
     path.write_bytes(b"old")
-    with pytest.raises(UsageError, match="--overwrite"):
+    with pytest.raises(UsageError, match="pass `overwrite` to replace it"):
         images.check_writable(path)
     images.check_writable(path, overwrite=True)
     assert path.read_bytes() == b"old"
@@ -558,7 +569,7 @@ def test_check_writable_refuses_an_unwritable_directory(tmp_path):
     locked.chmod(0o500)
     try:
         for path in (locked / "out.png", locked / "sub" / "out.png"):
-            with pytest.raises(UsageError, match="not writable") as info:
+            with pytest.raises(UsageError, match="cannot create a file in") as info:
                 images.check_writable(path)
             assert "out.png" in str(info.value) and "\n" not in str(info.value)
     finally:
@@ -571,7 +582,7 @@ def test_check_writable_reports_a_failed_probe(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(images.tempfile, "mkstemp", denied)
-    with pytest.raises(UsageError, match="is not writable \\(Permission denied\\)") as info:
+    with pytest.raises(UsageError, match="cannot create a file in .* \\(Permission denied\\)") as info:
         images.check_writable(tmp_path / "out.png")
     assert "out.png" in str(info.value) and "\n" not in str(info.value)
 
@@ -627,3 +638,14 @@ def test_resize_to_same_shape_is_a_clipped_copy():
     image = np.random.default_rng(8).random((16, 20, 3)) * 1.2 - 0.1
     resized = images.resize_to(image, (16, 20))
     np.testing.assert_allclose(resized, np.clip(image, 0, 1), rtol=0, atol=FLOAT_EPS)
+
+
+def test_image_shape_reads_the_header_upright(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: stored 40x30, shown 30x40
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(path, exif=exif)
+    assert images.image_shape(path) == images.load_image(path).shape[:2] == (40, 30)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(UsageError, match="not an image"):
+        images.image_shape(tmp_path / "bad.png")

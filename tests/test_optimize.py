@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxstyle import losses, optimize, vgg, weights
+from jaxstyle import losses, optimize, plan, sharding, step, weights
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
@@ -34,12 +34,12 @@ def test_same_seed_same_output_and_different_seed_differs(tiny, images):
 
 def test_changing_hyperparameters_does_not_recompile(tiny, images):
     optimize.stylize(*images, tiny, CFG)
-    before = optimize._run_chunk._cache_size()
+    before = sharding._run_single._cache_size()
     for change in [dict(style_weight=3.0), dict(content_weight=0.1), dict(tv_weight=0.0), dict(lr=0.1),
                    dict(style_layer_weights=(1, 2, 3, 4, 5)), dict(steps=17)]:
         out = optimize.stylize(*images, tiny, CFG.replace(**change))
         assert out.shape == (24, 32, 3)
-    assert optimize._run_chunk._cache_size() == before
+    assert sharding._run_single._cache_size() == before
 
 
 def test_weights_change_the_result(tiny, images):
@@ -54,12 +54,12 @@ def test_loss_decreases_and_pixels_stay_in_range(tiny, images, optimizer):
     out = optimize.stylize(*images, tiny, CFG.replace(optimizer=optimizer, steps=30, init="noise"),
                            callback=reports.append)
     assert [r.step for r in reports] == [10, 20, 30]
-    history = np.concatenate([r.losses for r in reports])
+    history = np.concatenate([r.losses[0] for r in reports])
     assert history.shape == (30,) and np.all(np.isfinite(history))
     assert history[-1] < 0.7 * history[0]
     assert out.min() >= 0.0 and out.max() <= 1.0
     # Before the final clip, L-BFGS's penalty keeps pixels within a hair of the box.
-    raw = np.asarray(reports[-1].image)
+    raw = np.asarray(reports[-1].images[0])
     assert raw.min() > -0.05 and raw.max() < 1.05
     assert set(reports[-1].terms) == {"content", "style", "tv"}
 
@@ -68,7 +68,7 @@ def test_report_every_and_losses_cover_every_step(tiny, images):
     reports = []
     optimize.stylize(*images, tiny, CFG.replace(steps=25), callback=reports.append, report_every=4)
     assert [r.step for r in reports] == [4, 8, 12, 16, 20, 24, 25]
-    assert sum(len(r.losses) for r in reports) == 25
+    assert sum(r.losses.shape[1] for r in reports) == 25
 
 
 def test_init_image_is_the_starting_point(tiny, images):
@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_with_the_last_finite_image(tiny, images):
 
 def test_real_vgg19_run_lowers_loss_and_moves_grams_toward_style(real_weights):
     from jaxstyle import images as io
-    from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+    from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 
     params, meta = real_weights
     net = optimize.Network(weights.model_for(meta), params)
@@ -100,12 +100,12 @@ def test_real_vgg19_run_lowers_loss_and_moves_grams_toward_style(real_weights):
     cfg = StylizeConfig(size=64, steps=60)
     reports = []
     out = optimize.stylize(content, style, net, cfg, callback=reports.append)
-    first, last = reports[0].losses[0], reports[-1].losses[-1]
+    first, last = reports[0].losses[0, 0], reports[-1].losses[0, -1]
     assert last < 0.5 * first, (first, last)  # stated factor: at least halved in 60 steps
 
     # Style distance of the output against the content's (the starting image's).
-    c64 = optimize.resize(content, optimize.output_shape(content.shape, 64))
-    s64 = optimize.resize(style, optimize.output_shape(style.shape, 64))
+    c64 = step.resize(content, plan.output_shape(content.shape, 64))
+    s64 = step.resize(style, plan.output_shape(style.shape, 64))
     layers = cfg.style_layers
     target = {n: losses.gram_matrix(f) for n, f in net.features(s64, layers).items()}
 

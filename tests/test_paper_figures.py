@@ -40,7 +40,7 @@ def test_figure_grids_and_labels(tiny_weights):
     assert module.paper_name("relu4_2") == "conv4_2"
 
     from jaxstyle import images, optimize, weights
-    from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+    from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 
     params, meta = weights.load(tiny_weights)
     network = optimize.Network(weights.model_for(meta), params)

@@ -16,7 +16,7 @@ import pytest
 from synthetic import photo as _photo
 import scipy.linalg
 
-from jaxstyle import cli, images, losses, optimize, vgg, weights
+from jaxstyle import cli, images, losses, optimize, plan, step, vgg, weights
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
@@ -72,7 +72,7 @@ def base(tiny):
     (dict(size=256, scales=(64, 128)), (256,)),  # scales only matter with multiscale
 ])
 def test_scale_schedule(changes, expected):
-    assert optimize.scale_sizes(StylizeConfig(**changes)) == expected
+    assert plan.scale_sizes(StylizeConfig(**changes)) == expected
 
 
 def test_multiscale_run_ends_at_the_size_carries_adam_and_differs(tiny, base):
@@ -80,16 +80,16 @@ def test_multiscale_run_ends_at_the_size_carries_adam_and_differs(tiny, base):
     out = optimize.stylize(_photo(), _painting(), tiny, CFG.replace(multiscale=True, scales=(24,)),
                            callback=reports.append)
     assert out.shape == (*OUT_HW, 3)
-    assert [(r.step, r.image.shape[:2]) for r in reports] == [(10, (18, 24)), (20, (18, 24)),
-                                                              (30, OUT_HW), (40, OUT_HW)]
+    assert [(r.step, r.images.shape[1:3]) for r in reports] == [(10, (18, 24)), (20, (18, 24)),
+                                                                 (30, OUT_HW), (40, OUT_HW)]
     assert reports[-1].steps == 40
     # Adam's state crossed the scale: its step count kept going (40, not 20), and the
     # moments were resized to the new image rather than started again from zero.
-    adam = reports[-1].checkpoint.state.inner_state[0]
-    assert int(adam.count) == 40
-    assert adam.mu.shape == (*OUT_HW, 3) and adam.nu.shape == (*OUT_HW, 3)
-    coarse = reports[1].checkpoint.state.inner_state[0]
-    assert int(coarse.count) == 20 and float(jnp.abs(coarse.mu).mean()) > 0
+    adam = reports[-1].checkpoint.states.inner_state[0]
+    assert int(adam.count[0]) == 40
+    assert adam.mu.shape == (1, *OUT_HW, 3) and adam.nu.shape == (1, *OUT_HW, 3)
+    coarse = reports[1].checkpoint.states.inner_state[0]
+    assert int(coarse.count[0]) == 20 and float(jnp.abs(coarse.mu).mean()) > 0
     assert np.abs(out - base).mean() > DIFFERS  # measured 0.13
 
 
@@ -116,8 +116,8 @@ def averaged_run(tiny):
     decay, iterates, reported = 0.8, [], []
 
     def record(p):
-        iterates.append(np.asarray(p.checkpoint.image, np.float64))  # the optimiser's own iterate
-        reported.append(np.asarray(p.image, np.float64))
+        iterates.append(np.asarray(p.checkpoint.images[0], np.float64))  # the optimiser's own iterate
+        reported.append(np.asarray(p.images[0], np.float64))
 
     out = optimize.stylize(_photo(), _painting(), tiny, CFG.replace(steps=12, ema_decay=decay),
                            report_every=1, callback=record)
@@ -172,7 +172,7 @@ def test_even_blend_differs_from_each_style_and_weights_are_normalised(tiny, ble
 def test_blended_target_is_the_weighted_gram_matrix(tiny):
     content, styles = jnp.asarray(_photo(24, 32)), (jnp.asarray(_painting(32, 32)), jnp.asarray(_bands(32, 32)))
     layers = ("relu1_1", "relu3_1")
-    targets = optimize.compute_targets(tiny.model, tiny.params, content, styles, jnp.array([0.7, 0.3]),
+    targets = step.compute_targets(tiny.model, tiny.params, content, styles, jnp.array([0.7, 0.3]),
                                        content_layers=("relu4_2",), style_layers=layers)
     assert len(targets.style) == 1 and targets.masks == (None,)
     for n in layers:
@@ -360,7 +360,7 @@ def test_mean_covariance_against_numpy_with_and_without_mask():
 def test_mean_cov_run_lowers_the_w2_distance_to_the_style(tiny):
     cfg = CFG.replace(steps=60, style_loss="mean_cov")
     out = optimize.stylize(_photo(), _painting(), tiny, cfg)
-    style = jnp.asarray(optimize.resize(_painting(), optimize.output_shape((30, 40), 32)))
+    style = jnp.asarray(step.resize(_painting(), plan.output_shape((30, 40), 32)))
     layers = cfg.style_layers
     target = {n: losses.style_target(losses.mean_covariance(f), "mean_cov")
               for n, f in tiny.features(style, layers).items()}
@@ -369,7 +369,7 @@ def test_mean_cov_run_lowers_the_w2_distance_to_the_style(tiny):
         feats = tiny.features(jnp.asarray(image), layers)
         return {n: float(losses.wasserstein2_distance(losses.mean_covariance(feats[n]), target[n])) for n in layers}
 
-    before, after = w2(optimize.resize(_photo(), OUT_HW)), w2(out)  # the run starts from the content
+    before, after = w2(step.resize(_photo(), OUT_HW)), w2(out)  # the run starts from the content
     for n in layers:  # measured ratios 0.24, 0.03, 0.04, 0.13, 0.10
         assert after[n] < 0.5 * before[n], (n, before[n], after[n])
 
@@ -380,8 +380,8 @@ def test_mean_cov_run_lowers_the_w2_distance_to_the_style(tiny):
 
 def test_avg_pool_scale_multiplies_the_average_pooled_activations(tiny):
     image = jnp.asarray(_photo(24, 32))
-    plain = optimize.model_for_config(tiny, CFG.replace(pooling="avg", avg_pool_scale=1.0))
-    scaled = optimize.model_for_config(tiny, CFG.replace(pooling="avg", avg_pool_scale=2.5))
+    plain = step.configured(tiny.model, CFG.replace(pooling="avg", avg_pool_scale=1.0))
+    scaled = step.configured(tiny.model, CFG.replace(pooling="avg", avg_pool_scale=2.5))
     a = plain.apply({"params": tiny.params}, image, ("relu1_2", "pool1"))
     b = scaled.apply({"params": tiny.params}, image, ("relu1_2", "pool1"))
     np.testing.assert_allclose(b["pool1"], 2.5 * np.asarray(a["pool1"]), rtol=1e-6, atol=0)
@@ -393,8 +393,8 @@ def test_avg_pool_scale_multiplies_the_average_pooled_activations(tiny):
 
 def test_replicate_padding_changes_only_the_border_of_conv1_1(tiny):
     image = jnp.asarray(_photo(24, 32))
-    zeros = optimize.model_for_config(tiny, CFG).apply({"params": tiny.params}, image, ("conv1_1",))["conv1_1"]
-    edge = optimize.model_for_config(tiny, CFG.replace(padding="replicate")).apply(
+    zeros = step.configured(tiny.model, CFG).apply({"params": tiny.params}, image, ("conv1_1",))["conv1_1"]
+    edge = step.configured(tiny.model, CFG.replace(padding="replicate")).apply(
         {"params": tiny.params}, image, ("conv1_1",))["conv1_1"]
     zeros, edge = np.asarray(zeros), np.asarray(edge)
     scale = np.abs(zeros).max()  # caffe inputs are in 0-255 units: activations of order 100
@@ -417,7 +417,7 @@ def test_bfloat16_output_is_close_to_float32(tiny):
     cfg = CFG.replace(init="noise", lr=0.01)
     f32 = optimize.stylize(_photo(), _painting(), tiny, cfg)
     bf16 = optimize.stylize(_photo(), _painting(), tiny, cfg.replace(dtype="bfloat16"))
-    start = np.asarray(optimize.initial_image("noise", jnp.zeros((*OUT_HW, 3)), cfg.seed))
+    start = np.asarray(step.initial_image("noise", jnp.zeros((*OUT_HW, 3)), cfg.seed))
     assert _psnr(bf16, f32) > 25  # measured 33.5 dB
     assert _psnr(bf16, f32) > _psnr(f32, start) + 5  # the run itself moved the image: 24.5 dB
 
@@ -460,7 +460,7 @@ def test_masked_run_moves_each_region_toward_its_own_style(tiny):
     out = optimize.stylize(_photo(), styles, tiny, CFG.replace(steps=60),
                            masks=[(left, whole(styles[0])), (1 - left, whole(styles[1]))])
     layers = CFG.style_layers
-    targets = [{n: losses.gram_matrix(f) for n, f in tiny.features(jnp.asarray(optimize.resize(s, (32, 32))),
+    targets = [{n: losses.gram_matrix(f) for n, f in tiny.features(jnp.asarray(step.resize(s, (32, 32))),
                                                                      layers).items()} for s in styles]
 
     def distances(image, side):
@@ -479,7 +479,7 @@ def test_masked_run_moves_each_region_toward_its_own_style(tiny):
             result.append(np.mean(d))
         return result
 
-    content = optimize.resize(_photo(), OUT_HW)
+    content = step.resize(_photo(), OUT_HW)
     for side, own in (("left", 0), ("right", 1)):
         before, after = distances(content, side), distances(out, side)
         other = 1 - own
@@ -536,7 +536,7 @@ def test_cli_blends_two_styles(files, tiny_weights, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options, words", [
-    (("--style-blend", "1"), ["`style_blend` has 1 weights but 2 style images were given"]),
+    (("--style-blend", "1"), ["--style-blend has 1 weights but 2 style images were given"]),
     (("--content-mask", "MASK", "--style-mask", "MASK"),
      ["got 1 --content-mask and 1 --style-mask for 2 style image(s)"]),
     (("--content-mask", "MASK", "--content-mask", "MASK", "--style-mask", "MASK"),

