@@ -17,14 +17,14 @@ What is measured, per size (longest side; the bundled photo and painting,
 default layers relu4_2 and relu1_1..relu5_1, Adam unless ``--optimizer``):
 
 - s/step: the median over rounds of (wall time of a call of ``--chunk`` steps
-  run on device, `optimize._chunk` as `stylize` runs it) / steps; after one
+  run on device, `sharding.chunks` as `stylize` runs it) / steps; after one
   warm-up call, compilation excluded. pastiche (``--vs pastiche``): the median
   of the wall times of ``PasticheArtist.draw()``, one step each, after two
   warm-up steps, in its own virtual environment with ``torch==2.13.0`` on all
   cores. Both compute the same objective: VGG19 (the same weights) to
   relu5_1, content and Gram style losses, forward and backward to the image.
 - ratio: jaxstyle / pastiche per image (batch b: the batch's time / b).
-- GFLOP/s: convolution FLOPs of a step (`vgg.conv_flops` of the forward to
+- GFLOP/s: convolution FLOPs of a step (`plan.conv_flops` of the forward to
   the deepest layer, times 2 for the input-gradient convolutions) per second.
 - compile cold / warm: lowering plus XLA compilation of the step program in a
   process with an empty persistent compilation cache, then in a second new
@@ -111,45 +111,42 @@ def _jax_worker(spec: dict) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxstyle import images, optimize, vgg, weights
+    from jaxstyle import images, plan, sharding, step, vgg, weights
     from jaxstyle.config import StylizeConfig
 
     if spec["random_weights"]:
         params, meta = vgg.init_params("vgg19", jax.random.key(0)), {"architecture": "vgg19", "preprocessing": "caffe"}
     else:
         params, meta = weights.load(spec["weights"])
-    network = optimize.Network(weights.model_for(meta), jax.device_put(params))  # as the command line does
+    network = step.Network(weights.model_for(meta), jax.device_put(params))  # as the command line does
     config = StylizeConfig(size=spec["size"], optimizer=spec["optimizer"], dtype=spec["dtype"], remat=remat)
-    model = optimize.model_for_config(network, config)
+    model = step.configured(network.model, config)
     content, style = images.load_image(spec["content"]), images.load_image(spec["style"])
-    hw = optimize.output_shape(content.shape, config.size)
-    base = optimize.resize(content, hw)
+    hw = plan.output_shape(content.shape, config.size)
+    base = step.resize(content, hw)
     variants = [base, base[:, ::-1], base[::-1], base[::-1, ::-1]]  # a batch of different images
     contents = [variants[i % 4] for i in range(spec["batch"])]
-    style = optimize.resize(style, optimize.output_shape(style.shape, config.size))
+    style = step.resize(style, plan.output_shape(style.shape, config.size))
     blend = jnp.ones((1,), jnp.float32)
     start = time.perf_counter()
-    targets = [optimize.compute_targets(model, network.params, c, (style,), blend,
+    targets = [step.compute_targets(model, network.params, c, (style,), blend,
                                         content_layers=config.content_layers,
                                         style_layers=config.style_layers, kind=config.style_loss)
                for c in contents]
-    loss_weights = [optimize.loss_weights(config, t) for t in targets]
-    image = [optimize.initial_image("content", c, 0) for c in contents]
-    state = [optimize.init_state(config.optimizer, x, config.lr) for x in image]
+    loss_weights = [step.loss_weights(config, t) for t in targets]
+    image = [step.initial_image("content", c, 0) for c in contents]
+    state = [step.init_state(config.optimizer, x, config.lr) for x in image]
     jax.block_until_ready((targets, state))
     targets_s = time.perf_counter() - start
     rss_targets = _rss_mib()
 
-    body = functools.partial(optimize._chunk, model, optimizer=config.optimizer, ema_decay=0.0)
-    donate = (1, 2) if spec["donate"] else ()
-    if spec["batch"] == 1:
-        fn = jax.jit(body, donate_argnums=donate)
-        args = [network.params, image[0], state[0], None, targets[0], loss_weights[0]]
-    else:
-        fn = jax.jit(jax.vmap(body, in_axes=(None, 0, 0, None, 0, 0, None)), donate_argnums=donate)
-        stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-        args = [network.params, stack(image), stack(state), None, stack(targets), stack(loss_weights)]
-    chunk = jnp.int32(min(spec["chunk"], optimize.CHUNK))
+    # The program `optimize.stylize` runs (a batch of one) or `batch.stylize_batch` (of spec["batch"]).
+    body = functools.partial(sharding.chunks, model, optimizer=config.optimizer, ema_decay=0.0,
+                             axes=sharding.ItemAxes(content=0, style=0))
+    fn = jax.jit(body, donate_argnums=(1, 2) if spec["donate"] else ())
+    stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
+    args = [network.params, stack(image), stack(state), None, stack(targets), stack(loss_weights)]
+    chunk = jnp.int32(min(spec["chunk"], step.CHUNK))
     start = time.perf_counter()
     lowered = fn.lower(*args, chunk)
     lower_s = time.perf_counter() - start
@@ -175,7 +172,7 @@ def _jax_worker(spec: dict) -> None:
                  shape=list(hw), lower_s=lower_s, compile_s=compile_s, first_step_at=first_step_at,
                  first_call_s=first_call_s, targets_s=targets_s, temp_bytes=temp, arg_bytes=arg_bytes,
                  rss_targets_mib=rss_targets, rss_compiled_mib=rss_compiled, rss_mib=_rss_mib(),
-                 flops=2 * vgg.conv_flops(*hw, _deepest(config), model.blocks, model.widths),
+                 flops=2 * plan.conv_flops(*hw, _deepest(config), model.blocks, model.widths),
                  jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""))
     for command in channel.commands():
         if command["op"] == "run":
@@ -187,10 +184,9 @@ def _jax_worker(spec: dict) -> None:
 
 
 def _deepest(config) -> str:
-    from jaxstyle import vgg
+    from jaxstyle import plan
 
-    names = vgg.layer_names(vgg.VGG19_BLOCKS)
-    return max((*config.content_layers, *config.style_layers), key=names.index)
+    return plan.deepest(plan.VGG19_BLOCKS, (*config.content_layers, *config.style_layers))
 
 
 def _pastiche_worker(spec: dict) -> None:

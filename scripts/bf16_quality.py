@@ -20,8 +20,8 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from jaxstyle import images, optimize, runtime, weights
-from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+from jaxstyle import images, optimize, plan, runtime, step, weights
+from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 from jaxstyle.config import StylizeConfig
 
 
@@ -52,15 +52,15 @@ def main() -> None:
     # Both outputs scored by the float32 objective.
     config = StylizeConfig(size=args.size)
     hw = outputs["float32"].shape[:2]
-    targets = optimize.compute_targets(network.model, params, optimize.resize(content, hw),
-                                       (optimize.resize(style, optimize.output_shape(style.shape, args.size)),),
+    targets = step.compute_targets(network.model, params, step.resize(content, hw),
+                                       (step.resize(style, plan.output_shape(style.shape, args.size)),),
                                        jnp.ones(1), content_layers=config.content_layers,
                                        style_layers=config.style_layers)
-    loss_weights = optimize.loss_weights(config, targets)
-    loss = {k: sum(float(v) for v in optimize._report_terms(network.model, params, jnp.asarray(x), targets,
+    loss_weights = step.loss_weights(config, targets)
+    loss = {k: sum(float(v) for v in step.loss_terms(network.model, params, jnp.asarray(x), targets,
                                                       loss_weights).values())
             for k, x in outputs.items()}
-    start_psnr = psnr(outputs["float32"], optimize.resize(content, hw))
+    start_psnr = psnr(outputs["float32"], step.resize(content, hw))
     print(f"size {args.size} ({hw[0]} x {hw[1]}), {args.steps} {args.optimizer} steps, load {os.getloadavg()[0]:.2f}: "
           f"PSNR bfloat16 vs float32 {psnr(outputs['bfloat16'], outputs['float32']):.1f} dB "
           f"(float32 output vs the content photo: {start_psnr:.1f} dB); "

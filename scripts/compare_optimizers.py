@@ -13,10 +13,9 @@ import csv
 import pathlib
 import time
 
-import numpy as np
 
 from jaxstyle import images, optimize, weights
-from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 from jaxstyle.config import StylizeConfig
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from jaxstyle import images, optimize, weights
-from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE, EXAMPLES
+from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE, EXAMPLES
 from jaxstyle.config import StylizeConfig
 
 WAVE = EXAMPLES / "great_wave.png"

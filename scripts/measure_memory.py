@@ -56,7 +56,7 @@ def _measure(size: int, weights_path: str | None, remat: bool, optimizer: str) -
 
     runtime.configure(cache=False, low_memory=remat)  # the command line's XLA flags
     from jaxstyle import images, memory, optimize, vgg, weights
-    from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+    from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
     from jaxstyle.config import StylizeConfig
 
     params, meta = weights.load(weights_path)

@@ -13,8 +13,8 @@ import pathlib
 
 import jax.numpy as jnp
 
-from jaxstyle import images, losses, optimize, weights
-from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+from jaxstyle import images, losses, optimize, plan, step, weights
+from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 from jaxstyle.config import CONTENT_LAYERS, STYLE_LAYERS
 
 
@@ -34,9 +34,9 @@ def main() -> None:
     for path in args.images:
         image = jnp.asarray(images.load_image(path))
         hw = image.shape[:2]
-        style_r = optimize.resize(style, optimize.output_shape(style.shape, max(hw)))
+        style_r = step.resize(style, plan.output_shape(style.shape, max(hw)))
         target = {n: losses.gram_matrix(f) for n, f in net.features(style_r, STYLE_LAYERS).items()}
-        c_target = net.features(optimize.resize(content, hw), CONTENT_LAYERS)[CONTENT_LAYERS[0]]
+        c_target = net.features(step.resize(content, hw), CONTENT_LAYERS)[CONTENT_LAYERS[0]]
         feats = net.features(image, STYLE_LAYERS + CONTENT_LAYERS)
         style_d = [float(losses.gram_distance(losses.gram_matrix(feats[n]), target[n]) / jnp.mean(target[n] ** 2))
                    for n in STYLE_LAYERS]

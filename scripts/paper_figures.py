@@ -15,8 +15,8 @@ Writes three labelled PNG figures into ``--out``:
   against the deepest style layer used (columns).
 
 Each figure is one `jaxstyle.batch.sweep`: its pictures are the items of one
-vmapped, compiled program (the layers switched on and off by per-item layer
-weights). The paper's "conv" layer names are the responses after the ReLU
+compiled program (the layers switched on and off by per-item layer weights;
+L-BFGS's items run one after another inside it, Adam's are vmapped). The paper's "conv" layer names are the responses after the ReLU
 (Caffe runs its ReLUs in place), so ``relu4_2`` here is the paper's conv4_2.
 Runs with the real VGG19 (``--weights`` or the installed one) or any weights
 file with these layer names.
@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from jaxstyle import batch, batch_io, images, optimize, weights
-from jaxstyle.cli import DEMO_CONTENT, DEMO_STYLE
+from jaxstyle import batch, batch_io, images, optimize, runtime, weights
+from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE
 from jaxstyle.config import StylizeConfig
 
 CONTENT_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--content", default=str(DEMO_CONTENT))
     parser.add_argument("--style", default=str(DEMO_STYLE))
     args = parser.parse_args()
+    runtime.configure()  # the command line's XLA flags and compilation cache, before JAX compiles anything
     params, meta = weights.load(args.weights)
     network = optimize.Network(weights.model_for(meta), params)
     content, style = images.load_image(args.content), images.load_image(args.style)
