@@ -61,7 +61,7 @@ class Inputs:
         return plan.ARCHITECTURES[self.meta["architecture"]][0]
 
     def load(self, path: str | pathlib.Path) -> np.ndarray:
-        return images.load_image(path, max_pixels=self.options.max_pixels)
+        return _load(path, self.options)
 
     def metadata(self, config: StylizeConfig, content: str) -> dict[str, str]:
         """The text every output records: version, inputs, settings, seed and weights."""
@@ -83,15 +83,18 @@ def read_inputs(args: argparse.Namespace, config: StylizeConfig, options: RunOpt
         files.append(("the init image", pathlib.Path(config.init)))
     plan.check_styles(config, len(styles), None if pairs is None else len(pairs))
     plan.check_layout(config, rows=options.shard_image)
-    load = lambda p: images.load_image(p, max_pixels=options.max_pixels)  # noqa: E731
-    masks = None if pairs is None else [(load(c).mean(-1), load(s).mean(-1)) for c, s in pairs]
+    masks = None if pairs is None else [(_load(c, options).mean(-1), _load(s, options).mean(-1)) for c, s in pairs]
     if masks is not None:
         plan.check_mask_coverage([c for c, _ in masks])
-    init = None if config.init in ("content", "noise") else load(config.init)
-    style_images = [load(p) for p in styles]
-    params, meta = weights.load(options.weights or None)
-    plan.check_layers(config, plan.ARCHITECTURES[meta["architecture"]][0])
-    return Inputs(config, options, files, style_images, init, masks, params, meta)
+    init = None if config.init in ("content", "noise") else _load(config.init, options)
+    inputs = Inputs(config, options, files, [_load(p, options) for p in styles], init, masks,
+                    *weights.load(options.weights or None))
+    plan.check_layers(config, inputs.blocks)
+    return inputs
+
+
+def _load(path: str | pathlib.Path, options: RunOptions) -> np.ndarray:
+    return images.load_image(path, max_pixels=options.max_pixels)
 
 
 def _mask_paths(args: argparse.Namespace, n_styles: int) -> list[tuple[pathlib.Path, pathlib.Path]] | None:
