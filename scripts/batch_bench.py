@@ -112,7 +112,7 @@ def main() -> None:
             print(f"{b:>5} failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
             continue
         r = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"{b:>5} {r['step_time']:>9.2f}s {r['image_steps_per_s']:>14.2f} {r['images_per_s_300_steps']:>14.4f} "
+        print(f"{b:>5} {r['step_time']:>9.4f}s {r['image_steps_per_s']:>14.2f} {r['images_per_s_300_steps']:>14.4f} "
               f"{r['ratio']:>14.2f} {r['first_call_s']:>10.1f}s {r['peak_rss_mib']:>8.0f} MiB", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

