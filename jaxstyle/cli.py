@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import signal
 import sys
 import time
@@ -21,7 +20,7 @@ import traceback
 from typing import Any, Sequence
 
 from jaxstyle import __version__, runtime
-from jaxstyle.config import RunOptions, StylizeConfig
+from jaxstyle.config import RunOptions, StylizeConfig, as_flags, flag
 from jaxstyle.errors import JaxstyleError, Stopped, UsageError
 
 DEMO = "chelsea.png in the style of van_gogh_auvers.png, both bundled"
@@ -58,11 +57,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = Sty
         else:
             kwargs["type"] = type(f.default)
         parser.add_argument(flag(f.name), **kwargs)
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a setting: ``style_blend`` -> ``--style-blend``."""
-    return "--" + name.replace("_", "-")
 
 
 def _show(value: Any) -> str:
@@ -242,13 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "" if isinstance(e, Stopped) else "error: "
         print(f"jaxstyle: {kind}{as_flags(str(e))}", file=sys.stderr)
         return e.exit_code
-
-
-def as_flags(message: str) -> str:
-    """A library message as the command line says it: `` `style_blend` `` -> ``--style-blend``."""
-    names = {f.name for cls in (StylizeConfig, RunOptions) for f in dataclasses.fields(cls)} | {
-        "batch_size", "distributed", "coordinator_address", "num_processes", "process_id", "columns"}
-    return re.sub(r"`([a-z_]+)`", lambda m: flag(m[1]) if m[1] in names else m[0], message)
 
 
 def _weights_command(args: argparse.Namespace) -> int:

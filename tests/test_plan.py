@@ -133,6 +133,15 @@ def test_halo_of_vgg19_covers_the_receptive_field_of_relu5_1():
 
 # ---------------------------------------------------------------- FLOPs
 
+def test_scale_work_counts_each_scales_steps_and_flops_by_hand():
+    blocks, widths = plan.TINY_BLOCKS, plan.TINY_WIDTHS
+    config = StylizeConfig(size=32, steps=5, multiscale=True, scales=(16,), content_layers=(),
+                           style_layers=("relu1_1",))
+    # A 30x40 photo: 12x16 then 24x32; conv1_1 (3 -> 4 channels), forward and input gradient.
+    assert plan.scale_work(config, (30, 40, 3), blocks, widths) == (
+        (5, 2 * 2 * 12 * 16 * 9 * 3 * 4), (5, 2 * 2 * 24 * 32 * 9 * 3 * 4))
+
+
 def test_conv_flops_by_hand():
     # tiny: conv1_1 3->4 and conv1_2 4->4 at 8x6, pool, conv2_1 4->6 and conv2_2 6->6 at 4x3.
     assert plan.conv_flops(8, 6, "conv1_1", plan.TINY_BLOCKS, plan.TINY_WIDTHS) == 2 * 8 * 6 * 9 * 3 * 4

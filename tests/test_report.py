@@ -253,8 +253,59 @@ def test_a_size_beyond_memory_is_refused_before_compute(files, tiny_weights, tmp
     assert time.perf_counter() - start < 10
     err = capsys.readouterr().err
     assert _one_line_error(err), err
-    assert "--size 100000 needs about" in err and "GiB" in err and "--remat" in err and "use --size" in err
+    # Not even the smallest strips fit: the planner refuses, naming the largest size that does.
+    assert re.search(r"--size 100000 needs about [\d,.]+ GiB of memory and [\d,.]+ GiB is half of what is "
+                     r"available; "
+                     r"use --size \d+ or less$", err.strip()), err
     assert list(tmp_path.iterdir()) == []
+
+
+def _loud(argv: list[str]) -> list[str]:
+    return [a for a in argv if a != "--quiet"]
+
+
+def _plan_line(err: str) -> str:
+    [line] = [line for line in err.splitlines() if line.startswith("jaxstyle: plan: ")]
+    return line.removeprefix("jaxstyle: plan: ")
+
+
+def test_a_run_says_its_memory_plan_and_max_memory_sends_it_into_strips(files, tiny_weights, tmp_path, capsys):
+    from jaxstyle import memory, plan
+
+    assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 1))) == 0
+    assert re.fullmatch(r"32x24: whole image, about 0\.8 GiB; [\d,.]+ GiB is half of what is available; the time "
+                        r"left shows once "
+                        r"the first steps have run", _plan_line(capsys.readouterr().err))
+    # At 256 px (256x192) strips of 2**15 pixels are the largest smaller than the whole image.
+    params, meta = weights.load(tiny_weights)
+    blocks, widths = plan.ARCHITECTURES[meta["architecture"]]
+    styles = [images.load_image(files["style"]).shape]
+    config = StylizeConfig(size=256, steps=1)
+    whole = memory.peak_bytes(config, (30, 40, 3), blocks, widths, styles)
+    assert memory.peak_bytes(config.replace(remat=True, strip_pixels=2**16), (30, 40, 3), blocks, widths,
+                             styles) == whole
+    budget = whole - 1
+    argv = _args(files, tiny_weights, tmp_path / "b.png", "--steps", 1, "--size", 256, "--max-memory", budget / 2**30)
+    assert cli.main(_loud(argv)) == 0
+    assert _plan_line(capsys.readouterr().err).startswith("256x192: strips of 128 rows, about 0.8 GiB; 0.8 GiB is "
+                                                          "allowed by --max-memory")
+    assert images.load_image(tmp_path / "b.png").shape == (192, 256, 3)
+    # Below what any run needs: one line that says to raise the limit.
+    assert cli.main(_args(files, tiny_weights, tmp_path / "c.png", "--max-memory", 0.5)) == 2
+    err = capsys.readouterr().err
+    assert _one_line_error(err) and err.strip().endswith("0.5 GiB is allowed by --max-memory; raise --max-memory"), err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_on_a_gpu_the_plan_takes_the_devices_free_memory(files, tiny_weights, tmp_path, capsys, monkeypatch):
+    """Simulated (this machine has no GPU): the plan asks the device, not the host."""
+    from jaxstyle import runtime
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(runtime, "device_memory", lambda: 5 * 2**30)
+    assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 1))) == 0
+    assert _plan_line(capsys.readouterr().err).startswith("32x24: whole image, about 0.8 GiB; 5.0 GiB is free on the "
+                                                          "device; ")
 
 
 def test_device_out_of_memory_is_one_line_with_exit_code_1(files, tiny_weights, tmp_path, capsys, monkeypatch):
@@ -460,3 +511,40 @@ def test_the_progress_bar_of_a_batch_counts_one_total(files, tiny_weights, tmp_p
     assert counts and {total for _, total in counts} == {4 * 20}, counts
     done = [n for n, _ in counts]
     assert done == sorted(done) and done[-1] == 80, done
+
+
+# ----------------------------------------------------------------------------
+# Time: measured between reports, over the scales' FLOPs, remembered for the next plan
+
+
+def test_the_speed_is_measured_within_scales_and_gives_the_time_left():
+    speed = report.Speed([(10, 100), (10, 400)], items=2)  # FLOPs per item-step of two scales of 10 steps
+    assert speed.done(15) == 2 * (10 * 100 + 5 * 400)
+    speed.update(0, 5, 4.0)  # the first report: compilation inside, nothing measured
+    assert speed.rate is None and speed.seconds_left(5) is None
+    speed.update(0, 10, 5.0)  # 5 steps of 2 x 100 FLOPs in 1 s
+    assert speed.rate == 1000
+    speed.update(1, 15, 9.0)  # a new scale compiled: not measured
+    assert speed.rate == 1000
+    speed.update(1, 20, 10.0)  # 5 steps of 2 x 400 in 1 s
+    assert speed.rate == (1000 + 4000) / 2
+    assert speed.seconds_left(15) == 4000 / 2500 and speed.seconds_left(20) == 0
+    assert speed.seconds_left(10, rate=100) == 8000 / 100
+    assert [report.duration(s) for s in (29, 75, 5400, 7260)] == ["under a minute", "about 1 min", "about 1 h 30 min",
+                                                                         "about 2 h 1 min"]
+
+
+def test_the_bar_shows_the_scale_and_time_left_and_the_next_plan_knows_the_speed(
+        files, tiny_weights, tmp_path, capsys, monkeypatch):
+    speeds = tmp_path / "speeds.json"
+    monkeypatch.setattr(report, "speeds_path", lambda: speeds)
+    argv = _loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 20, "--size", 40, "--multiscale",
+                       "--scales", 28))
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert _plan_line(err).endswith("; the time left shows once the first steps have run")
+    assert "scale=1/2" in err and "scale=2/2" in err and re.search(r"left=0:\d\d", err), err
+    [(key, rate)] = json.loads(speeds.read_text()).items()
+    assert key.startswith("cpu:") and key.endswith(":whole:adam:float32") and rate > 0
+    assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "b.png", "--steps", 20))) == 0
+    assert _plan_line(capsys.readouterr().err).endswith("; under a minute of steps at the speed of the last such run")

@@ -45,7 +45,7 @@ jax.monitoring.register_event_listener(listen)
 from jaxstyle import optimize, vgg, weights
 model = weights.model_for({"architecture": "tiny", "preprocessing": "caffe"})
 params = vgg.init_params("tiny", jax.random.key(0))
-image = jnp.full((40, 48, 3), 0.5)
+image = jnp.full((int(sys.argv[2]) if len(sys.argv) > 2 else 40, 48, 3), 0.5)
 step = jax.jit(jax.grad(lambda x: sum(jnp.sum(f ** 2) for f in model.apply({"params": params}, x, ("relu3_1",)).values())))
 step(image).block_until_ready()
 print(json.dumps({"dir": jax.config.jax_compilation_cache_dir, "hits": len(hits), "misses": len(misses)}))
@@ -69,6 +69,33 @@ def test_a_second_process_loads_the_first_ones_programs(tmp_path):
     # Every program of the second run comes from the cache, and it adds nothing.
     assert second["hits"] == first["misses"] and second["misses"] == 0
     assert second["entries"] == first["entries"]
+
+
+def test_a_cache_left_by_an_interrupted_write_is_repaired(tmp_path):
+    """A program saved without its access-time file (a run stopped mid-write) broke every later save."""
+    cache = tmp_path / "xla"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop(runtime.CACHE_ENV, None)
+
+    def run(height: int) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-c", _COMPILE_TWICE, str(cache), str(height)], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    run(40)
+    # As a process stopped between writing a program and its access time leaves it (a program that
+    # this test's runs never load again, so that JAX's own reads do not mend it).
+    (cache / "jit_stopped-0123456789abcdef-cache").write_bytes(b"an unfinished entry")
+    orphan = cache / "jit_stopped-0123456789abcdef-atime"
+    before = {p.name for p in cache.iterdir()}
+    done = run(56)  # other shapes: new programs to save
+    after = {p.name for p in cache.iterdir()}
+    assert "Error writing persistent compilation cache" not in done.stderr, done.stderr[-2000:]
+    assert orphan.is_file() and len(orphan.read_bytes()) == 8
+    new = after - before - {orphan.name}
+    assert new and {n.removesuffix("-cache") for n in new if n.endswith("-cache")} == \
+        {n.removesuffix("-atime") for n in new if n.endswith("-atime")}
 
 
 def test_the_command_line_fills_the_cache(tiny_weights, tmp_path):
