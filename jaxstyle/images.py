@@ -11,7 +11,9 @@ with a one-line message naming the file.
 Output formats follow the file extension (`SUPPORTED_OUTPUT_EXTENSIONS`):
 8-bit PNG, JPEG and WebP (quality 95), and 16-bit-per-channel TIFF, which
 Pillow cannot write (it has no 16-bit RGB mode), so `_encode_tiff16` writes a
-baseline uncompressed TIFF itself.
+baseline uncompressed TIFF itself. Colours are sRGB throughout: an input's
+embedded ICC profile is converted to sRGB on loading, and every output says
+it is sRGB (PNG's sRGB chunk, the sRGB ICC profile in the others).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import zlib
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, PngImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin
 
 from jaxstyle.config import DEFAULT_MAX_PIXELS  # refuse larger images before decoding them
 from jaxstyle.errors import JaxstyleError, UsageError
@@ -85,6 +87,10 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     - palette, CMYK, YCbCr, LAB and HSV images are converted to RGB by Pillow;
     - transparency (RGBA, LA, PA, a palette or colour key with transparency) is
       composited over WHITE: ``rgb * alpha + (1 - alpha)``;
+    - an embedded ICC profile (Adobe RGB, Display P3, a camera's, CMYK) is
+      converted to sRGB with littleCMS (`_in_srgb`); files without one are
+      taken as sRGB, and the full-precision 16-bit paths below keep their
+      values as they are;
     - an EXIF (or TIFF) Orientation tag is applied, as
       ``PIL.ImageOps.exif_transpose`` would, so the array is upright;
     - uncompressed 16-bit RGB TIFFs (such as `save_image` writes) are read at
@@ -117,7 +123,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             pixels = _read_raw_rgb16_tiff(path, im)
             if pixels is None:
                 im.load()  # decode everything now, so a truncated file fails here
-                pixels = _to_rgb(im, name)
+                pixels = _to_rgb(_in_srgb(im), name)
             orientation = _orientation(im)
     except _PILLOW_FILE_ERRORS as e:
         raise _unreadable(name, e, max_pixels) from e
@@ -272,6 +278,31 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # not LAB: its A is a colour axis
+# Modes whose colours littleCMS converts from an embedded ICC profile to sRGB, and the mode it gives.
+_ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+
+
+def srgb_profile() -> bytes:
+    """The ICC profile of sRGB (littleCMS's), embedded in JPEG, WebP and TIFF outputs."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _in_srgb(im: Image.Image) -> Image.Image:
+    """The decoded image with its embedded ICC profile's colours converted to sRGB.
+
+    VGG19 and every output assume sRGB: a photo in Adobe RGB or Display P3
+    read as if it were sRGB looks washed out. Images without a profile are
+    taken as sRGB. A profile littleCMS cannot read, or one of a mode it does
+    not convert (16-bit and float data, palettes), is ignored, as browsers do.
+    """
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in _ICC_MODES:
+        return im
+    try:
+        return ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                         ImageCms.createProfile("sRGB"), outputMode=_ICC_MODES[im.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return im
 
 
 def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
@@ -471,7 +502,8 @@ def save_image(
     """Write an RGB image; the format follows the extension.
 
     - ``.png``: 8 bits per channel; ``metadata`` as text chunks (tEXt, or iTXt
-      for text outside Latin-1).
+      for text outside Latin-1). Every format is tagged sRGB: PNG with its
+      sRGB chunk, the others with the sRGB ICC profile.
     - ``.jpg``/``.jpeg``: quality 95, no chroma subsampling; ``.webp``:
       quality 95 (lossy). ``metadata`` as a JSON object in the EXIF
       ImageDescription.
@@ -576,10 +608,12 @@ def _encode_pillow(fmt: str, pixels: np.ndarray, text: dict[str, str]) -> bytes:
     options: dict[str, object] = {}
     if fmt == "PNG":
         info = PngImagePlugin.PngInfo()
+        info.add(b"sRGB", b"\0")  # the colours are sRGB (rendering intent: perceptual)
         for key, value in text.items():
             info.add_text(key, value)  # falls back to iTXt outside Latin-1
         options["pnginfo"] = info
     else:
+        options["icc_profile"] = srgb_profile()
         options["quality"] = 95
         if fmt == "JPEG":
             options["subsampling"] = 0  # 4:4:4; Pillow's default halves the colour resolution
@@ -620,7 +654,7 @@ def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
     strip = _quantize(pixels, 65535, np.uint16).astype("<u2").tobytes()
     if len(strip) > 2**32 - 2**20:
         raise ValueError(f"{width}x{height} pixels at 16 bits is too large for TIFF (4 GiB offsets)")
-    SHORT, LONG, RATIONAL, ASCII = 3, 4, 5, 2
+    SHORT, LONG, RATIONAL, ASCII, UNDEFINED = 3, 4, 5, 2, 7
     # (tag, type, count, value bytes), in ascending tag order as TIFF requires.
     entries = [
         (256, LONG, 1, struct.pack("<I", width)),  # ImageWidth
@@ -641,6 +675,7 @@ def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
         (283, RATIONAL, 1, struct.pack("<II", 72, 1)),  # YResolution
         (284, SHORT, 1, struct.pack("<H", 1)),  # PlanarConfiguration: interleaved
         (296, SHORT, 1, struct.pack("<H", 2)),  # ResolutionUnit: inch
+        (34675, UNDEFINED, len(icc := srgb_profile()), icc),  # InterColorProfile: sRGB
     ]
     ifd_offset = 8
     extra_offset = ifd_offset + 2 + 12 * len(entries) + 4

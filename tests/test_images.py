@@ -649,3 +649,49 @@ def test_image_shape_reads_the_header_upright(tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(UsageError, match="not an image"):
         images.image_shape(tmp_path / "bad.png")
+
+
+# ----------------------------------------------------------------------------
+# Colour: ICC profiles in, sRGB out
+
+
+def test_an_embedded_icc_profile_is_converted_to_srgb(tmp_path):
+    from PIL import ImageCms
+
+    from synthetic import adobe_rgb_icc, photo
+
+    original = (photo(48, 64) * 255).round().astype(np.uint8)
+    adobe_icc = adobe_rgb_icc()
+    adobe, srgb = ImageCms.ImageCmsProfile(io.BytesIO(adobe_icc)), ImageCms.createProfile("sRGB")
+    in_adobe = ImageCms.profileToProfile(Image.fromarray(original), srgb, adobe)  # the same colours, Adobe's values
+    in_adobe.save(tmp_path / "adobe.png", icc_profile=adobe_icc)
+    ImageCms.profileToProfile(in_adobe, adobe, srgb).save(tmp_path / "converted.png")  # its converted copy
+    loaded = images.load_image(tmp_path / "adobe.png")
+    # Its converted copy, to 8-bit rounding; the photo itself, to the rounding of the two conversions
+    # where that is well conditioned (away from black, where 8-bit gamma-2.2 values are coarse: there
+    # one level of Adobe RGB spans up to 12 of sRGB).
+    np.testing.assert_allclose(loaded, images.load_image(tmp_path / "converted.png"), atol=1 / 255 + 1e-6)
+    bright = original >= 0.15 * 255
+    np.testing.assert_allclose(loaded[bright], original[bright] / 255, atol=3 / 255)
+    assert np.abs(loaded - original / 255).mean() < 1 / 255
+    # Read as if it were sRGB, the same file is visibly off: the profile is what fixes it.
+    assert np.abs(np.asarray(in_adobe)[bright] / 255 - original[bright] / 255).max() > 0.05
+    # A profile that cannot be read is ignored, as browsers do.
+    in_adobe.save(tmp_path / "broken.png", icc_profile=b"not a profile")
+    np.testing.assert_array_equal(images.load_image(tmp_path / "broken.png"), np.asarray(in_adobe) / np.float32(255))
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".tif"])
+def test_every_output_is_tagged_srgb(tmp_path, ext):
+    from PIL import ImageCms
+
+    path = tmp_path / f"out{ext}"
+    images.save_image(path, np.full((20, 30, 3), 0.5, np.float32), metadata={"k": "v"})
+    with Image.open(path) as im:
+        if ext == ".png":
+            assert im.info.get("srgb") == 0  # the sRGB chunk, perceptual intent
+        else:
+            profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+            assert "sRGB" in ImageCms.getProfileDescription(profile)
+    assert images.read_metadata(path) == {"k": "v"}
+    np.testing.assert_allclose(images.load_image(path), 0.5, atol=1 / 255)  # read back through the sRGB profile
