@@ -231,12 +231,22 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
                                 layout=layout(options, many=False))
     if isinstance(result, optimize.NonFiniteLoss):
         return _diverged(result, side, metadata)
-    reporter.keep_or_write(output, result, metadata, overwrite=options.overwrite)
+    reporter.keep_or_write(output, result, metadata, overwrite=options.overwrite,
+                           alpha=output_alpha(content_path, options, result.shape))
     reporter.finish()
     reporter.write_log(single=True)
     if not options.quiet:
         print(f"wrote {output} ({result.shape[1]}x{result.shape[0]})", file=sys.stderr)
     return 0
+
+
+def output_alpha(content_path: pathlib.Path, options: RunOptions, shape: Sequence[int]) -> np.ndarray | None:
+    """The content image's transparency at the output's ``shape``, or None: transparent stays transparent.
+
+    The optimisation sees the content composited over white (`images.load_image`).
+    """
+    alpha = images.load_alpha(content_path, max_pixels=options.max_pixels)
+    return None if alpha is None else images.resize_to(alpha[..., None], tuple(shape[:2]))[..., 0]
 
 
 def _report_every(options: RunOptions) -> int:
@@ -459,7 +469,10 @@ def _batch_program(run: _Batch, reporter: report.Reporter, net, lay, items: list
             run.fail(str(run.contents[i]), f"{run.contents[i]}: {result}", reporter)
             continue
         try:
-            images.save_image(run.outs[i], _uncropped(run, result, exact), overwrite=True, metadata=metadata[i])
+            picture = _uncropped(run, result, exact)
+            alpha = output_alpha(run.contents[i], run.inputs.options, exact)  # cropped as the picture was
+            alpha = None if alpha is None else batch_io.crop_from(alpha[..., None], picture.shape[:2])[..., 0]
+            images.save_image(run.outs[i], picture, overwrite=True, metadata=metadata[i], alpha=alpha)
         except JaxstyleError as e:
             run.fail(str(run.contents[i]), str(e), reporter)
             continue

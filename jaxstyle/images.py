@@ -86,7 +86,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
       and other values are refused;
     - palette, CMYK, YCbCr, LAB and HSV images are converted to RGB by Pillow;
     - transparency (RGBA, LA, PA, a palette or colour key with transparency) is
-      composited over WHITE: ``rgb * alpha + (1 - alpha)``;
+      composited over WHITE: ``rgb * alpha + (1 - alpha)`` (`load_alpha` reads
+      the transparency itself, which the commands carry to the output);
     - an embedded ICC profile (Adobe RGB, Display P3, a camera's, CMYK) is
       converted to sRGB with littleCMS (`_in_srgb`); files without one are
       taken as sRGB, and the full-precision 16-bit paths below keep their
@@ -110,6 +111,29 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         image, is truncated or corrupt, has more than ``max_pixels`` pixels, or
         has a side shorter than `MIN_SIDE`.
     """
+    return _read(path, max_pixels, _to_rgb)
+
+
+def load_alpha(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """The transparency of an image file, (h, w) float32 in [0, 1] (1: opaque), or None when it has none.
+
+    Upright like `load_image`'s pixels. Transparency is an alpha channel, or a
+    palette or colour key with transparency (`_ALPHA_MODES`).
+
+    Raises:
+      UsageError: as `load_image`.
+    """
+    def alpha(im: Image.Image, name: str) -> np.ndarray | None:
+        if im.mode not in _ALPHA_MODES and "transparency" not in im.info:
+            return None
+        return np.asarray(im.convert("RGBA"))[..., 3].astype(np.float32) / 255
+
+    return _read(path, max_pixels, alpha, raw16=False)
+
+
+def _read(path: str | os.PathLike, max_pixels: int, decode: Callable[[Image.Image, str], np.ndarray | None],
+          raw16: bool = True) -> np.ndarray | None:
+    """Open, check and decode an image file with ``decode(image, name)``; the result upright, or None."""
     path = pathlib.Path(path)
     name = repr(str(path))
     if max_pixels < 1:
@@ -120,14 +144,14 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             width, height = im.size  # from the header; nothing decoded yet
             _check_pixel_count(name, width, height, max_pixels)
             _check_min_side(name, width, height)
-            pixels = _read_raw_rgb16_tiff(path, im)
+            pixels = _read_raw_rgb16_tiff(path, im) if raw16 else None
             if pixels is None:
                 im.load()  # decode everything now, so a truncated file fails here
-                pixels = _to_rgb(_in_srgb(im), name)
+                pixels = decode(_in_srgb(im), name)
             orientation = _orientation(im)
     except _PILLOW_FILE_ERRORS as e:
         raise _unreadable(name, e, max_pixels) from e
-    return np.ascontiguousarray(_apply_orientation(pixels, orientation))
+    return None if pixels is None else np.ascontiguousarray(_apply_orientation(pixels, orientation))
 
 
 def image_shape(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
@@ -498,8 +522,9 @@ def save_image(
     *,
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    alpha: np.ndarray | None = None,
 ) -> None:
-    """Write an RGB image; the format follows the extension.
+    """Write an RGB image, with transparency if given; the format follows the extension.
 
     - ``.png``: 8 bits per channel; ``metadata`` as text chunks (tEXt, or iTXt
       for text outside Latin-1). Every format is tagged sRGB: PNG with its
@@ -520,6 +545,9 @@ def save_image(
       metadata: text key-value pairs; keys are 1 to 79 printable Latin-1
         characters (the PNG rule), values any text without NUL characters.
       overwrite: replace an existing file.
+      alpha: (h, w) opacity in [0, 1], written as an alpha channel by PNG,
+        WebP and TIFF (16 bits, unassociated); JPEG has none, and the picture
+        is kept as it is (the library composites transparent inputs over white).
 
     Raises:
       UsageError: unknown extension, the path is a directory, or the file exists
@@ -534,6 +562,11 @@ def save_image(
     _check_output_path(path, overwrite=overwrite)
     pixels = _checked_pixels(image, name)
     text = _checked_metadata(metadata)
+    if alpha is not None and fmt != "JPEG":
+        alpha = np.asarray(alpha, dtype=pixels.dtype)
+        if alpha.shape != pixels.shape[:2] or not np.all(np.isfinite(alpha)):
+            raise ValueError(f"alpha must be finite, of the image's shape {pixels.shape[:2]}, got {alpha.shape}")
+        pixels = np.concatenate([pixels, np.clip(alpha, 0, 1)[..., None]], axis=-1)
     try:
         data = _ENCODERS[fmt](pixels, text)
     except (OSError, ValueError, struct.error) as e:
@@ -650,7 +683,7 @@ def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
     Pillow has no 16-bit RGB mode and cannot write this, hence the writer.
     Reference: TIFF Revision 6.0, Part 1 (baseline RGB full-colour images).
     """
-    height, width, _ = pixels.shape
+    height, width, samples = pixels.shape  # RGB, or RGBA with unassociated alpha
     strip = _quantize(pixels, 65535, np.uint16).astype("<u2").tobytes()
     if len(strip) > 2**32 - 2**20:
         raise ValueError(f"{width}x{height} pixels at 16 bits is too large for TIFF (4 GiB offsets)")
@@ -659,7 +692,7 @@ def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
     entries = [
         (256, LONG, 1, struct.pack("<I", width)),  # ImageWidth
         (257, LONG, 1, struct.pack("<I", height)),  # ImageLength
-        (258, SHORT, 3, struct.pack("<3H", 16, 16, 16)),  # BitsPerSample
+        (258, SHORT, samples, struct.pack(f"<{samples}H", *[16] * samples)),  # BitsPerSample
         (259, SHORT, 1, struct.pack("<H", 1)),  # Compression: none
         (262, SHORT, 1, struct.pack("<H", 2)),  # PhotometricInterpretation: RGB
     ]
@@ -668,13 +701,14 @@ def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
         entries.append((270, ASCII, len(description), description))  # ImageDescription
     entries += [
         (273, LONG, 1, None),  # StripOffsets: filled in below
-        (277, SHORT, 1, struct.pack("<H", 3)),  # SamplesPerPixel
+        (277, SHORT, 1, struct.pack("<H", samples)),  # SamplesPerPixel
         (278, LONG, 1, struct.pack("<I", height)),  # RowsPerStrip: one strip
         (279, LONG, 1, struct.pack("<I", len(strip))),  # StripByteCounts
         (282, RATIONAL, 1, struct.pack("<II", 72, 1)),  # XResolution
         (283, RATIONAL, 1, struct.pack("<II", 72, 1)),  # YResolution
         (284, SHORT, 1, struct.pack("<H", 1)),  # PlanarConfiguration: interleaved
         (296, SHORT, 1, struct.pack("<H", 2)),  # ResolutionUnit: inch
+        *([(338, SHORT, 1, struct.pack("<H", 2))] if samples == 4 else []),  # ExtraSamples: unassociated alpha
         (34675, UNDEFINED, len(icc := srgb_profile()), icc),  # InterColorProfile: sRGB
     ]
     ifd_offset = 8

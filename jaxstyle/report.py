@@ -276,12 +276,13 @@ class Reporter:
                 self.close()
 
     def keep_or_write(self, path: pathlib.Path, image: np.ndarray, metadata: dict[str, str], *,
-                      overwrite: bool) -> None:
-        """Write a finished output; if that fails, keep the finished run in its checkpoint, then fail."""
+                      overwrite: bool, alpha: np.ndarray | None = None) -> None:
+        """Write a finished output (with ``alpha``, its transparency, if any); if that fails, keep the
+        finished run in its checkpoint, then fail."""
         from jaxstyle import images
 
         try:
-            images.save_image(path, image, metadata=metadata, overwrite=overwrite)
+            images.save_image(path, image, metadata=metadata, overwrite=overwrite, alpha=alpha)
         except JaxstyleError as e:
             kept = self._checkpoint()
             raise JaxstyleError(f"{e}" + (f"; the finished run is kept in {self.program.checkpoint}: fix that and "

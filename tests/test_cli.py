@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxstyle import __version__, cli, images, step, weights
 from jaxstyle.config import RunOptions, StylizeConfig
@@ -509,3 +510,33 @@ def test_python_m_jaxstyle_is_the_same_command(files, tiny_weights, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jaxstyle", *map(str, argv)], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 2 and proc.stderr.startswith("jaxstyle: error:") and "nope.png" in proc.stderr
+
+
+def test_a_transparent_content_gives_a_transparent_output(files, tiny_weights, tmp_path):
+    """The optimisation sees the content over white; the output carries the content's alpha, resized."""
+    rgba = np.asarray(Image.open(files["content"]).convert("RGBA")).copy()
+    rgba[..., 3] = 0
+    rgba[:, 20:, 3] = 255  # 40x30: the right half opaque
+    content = tmp_path / "cut-out.png"
+    Image.fromarray(rgba).save(content)
+    out = tmp_path / "out.png"
+    argv = _args(files, tiny_weights, out, "--steps", 1, "--quiet")
+    argv[1] = str(content)
+    assert cli.main(argv) == 0
+    alpha = images.load_alpha(out)
+    assert alpha.shape == OUT_HW
+    # 32x24 output: columns 0-15 come from the transparent half, 16-31 from the opaque one (Lanczos
+    # rings for a few pixels around the edge).
+    np.testing.assert_array_equal(alpha[:, :12], 0)
+    np.testing.assert_array_equal(alpha[:, 20:], 1)
+    assert cli.main(_args(files, tiny_weights, tmp_path / "plain.png", "--steps", 1, "--quiet")) == 0
+    assert images.load_alpha(tmp_path / "plain.png") is None  # an opaque content stays opaque
+    # `batch` too, with an opaque photo beside it in the same program.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cut-out.png").write_bytes(content.read_bytes())
+    (photos / "opaque.png").write_bytes(files["content"].read_bytes())
+    assert cli.main(["batch", str(photos), "--style", str(files["style"]), "-o", str(tmp_path / "out"), "--size",
+                     str(SIZE), "--steps", "1", "--weights", str(tiny_weights), "--quiet"]) == 0
+    np.testing.assert_array_equal(images.load_alpha(tmp_path / "out" / "cut-out.png"), alpha)
+    assert images.load_alpha(tmp_path / "out" / "opaque.png") is None

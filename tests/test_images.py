@@ -695,3 +695,29 @@ def test_every_output_is_tagged_srgb(tmp_path, ext):
             assert "sRGB" in ImageCms.getProfileDescription(profile)
     assert images.read_metadata(path) == {"k": "v"}
     np.testing.assert_allclose(images.load_image(path), 0.5, atol=1 / 255)  # read back through the sRGB profile
+
+
+# ----------------------------------------------------------------------------
+# Transparency
+
+
+@pytest.mark.parametrize("ext", [".png", ".webp", ".tif", ".jpg"])
+def test_alpha_is_written_and_read_back(tmp_path, ext):
+    path = tmp_path / f"out{ext}"
+    rgb = np.full((16, 24, 3), 0.25, np.float32)
+    alpha = np.tile(np.linspace(0, 1, 24, dtype=np.float32), (16, 1))
+    images.save_image(path, rgb, alpha=alpha)
+    if ext == ".jpg":  # JPEG has no alpha channel: the picture as it is
+        assert images.load_alpha(path) is None
+        return
+    # 8-bit alpha (TIFF's 16 bits are read by Pillow at 8): half a level; WebP's alpha coder: measured 0.6.
+    np.testing.assert_allclose(images.load_alpha(path), alpha, atol=1 / 255)
+    # The picture read back is composited over white, as every transparent input is.
+    np.testing.assert_allclose(images.load_image(path), rgb * alpha[..., None] + 1 - alpha[..., None], atol=1 / 255)
+    with pytest.raises(ValueError, match="alpha must be finite, of the image's shape"):
+        images.save_image(tmp_path / f"bad{ext}", rgb, alpha=alpha[:, :5])
+
+
+def test_an_opaque_image_has_no_alpha(tmp_path):
+    images.save_image(tmp_path / "a.png", np.zeros((16, 16, 3), np.float32))
+    assert images.load_alpha(tmp_path / "a.png") is None
