@@ -57,8 +57,13 @@ class Inputs:
         return outputs.inputs_by_path(self.files)
 
     @property
+    def architecture(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(convolutions per block, channels per block) of the network."""
+        return plan.ARCHITECTURES[self.meta["architecture"]]
+
+    @property
     def blocks(self) -> tuple[int, ...]:
-        return plan.ARCHITECTURES[self.meta["architecture"]][0]
+        return self.architecture[0]
 
     def load(self, path: str | pathlib.Path) -> np.ndarray:
         return _load(path, self.options)
@@ -125,7 +130,7 @@ def plan_memory(inputs: Inputs, content_shape: Sequence[int], *, items: int = 1)
 
     from jaxstyle import runtime
 
-    blocks, widths = plan.ARCHITECTURES[inputs.meta["architecture"]]
+    blocks, widths = inputs.architecture
     styles = [s.shape for s in inputs.styles]
 
     def chosen(budget: int | None, source: str) -> memory.MemoryPlan:
@@ -212,7 +217,7 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     plan.check_sizes(config, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
     chosen = plan_memory(inputs, content.shape)  # JAX starts here, after the checks
     planned = chosen.config
-    work = plan.scale_work(planned, content.shape, *plan.ARCHITECTURES[inputs.meta["architecture"]])
+    work = plan.scale_work(planned, content.shape, *inputs.architecture)
     speed_key = report.speed_key(planned)
     say_plan(inputs, chosen, content.shape, work, speed_key)
     from jaxstyle import checkpoint, optimize

@@ -179,8 +179,8 @@ class RunOptions:
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, "refuse input images with more pixels than this, before "
                              "decoding them", metavar="N")
     max_memory: float = _field(0.0, "memory the run may use, in GiB: it plans whole-image or strip-by-strip "
-                               "steps to fit (0: the memory available now, the host's on a CPU, the device's "
-                               "on a GPU or TPU)", metavar="GIB")
+                               "steps to fit (0: on a CPU half of the memory available now, on a GPU or TPU the "
+                               "device's free memory)", metavar="GIB")
 
     def __post_init__(self) -> None:
         _check_finite(self)

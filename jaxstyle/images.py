@@ -19,6 +19,7 @@ it is sRGB (PNG's sRGB chunk, the sRGB ICC profile in the others).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -306,6 +307,7 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}  # not LAB: its A is a colour 
 _ICC_MODES = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_profile() -> bytes:
     """The ICC profile of sRGB (littleCMS's), embedded in JPEG, WebP and TIFF outputs."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

@@ -157,10 +157,9 @@ def speeds_path() -> pathlib.Path | None:
 
 def remembered_speed(key: str) -> float | None:
     """FLOP/s of the last finished program under ``key`` on this machine, or None (none, or the cache is off)."""
-    path = speeds_path()
     try:
-        return float(json.loads(path.read_text())[key]) if path is not None else None
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(_speeds()[key])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -170,14 +169,19 @@ def remember_speed(key: str, rate: float) -> None:
     if path is None or not key:
         return
     try:
-        speeds = json.loads(path.read_text())
-    except (OSError, ValueError):
-        speeds = {}
-    try:
-        speeds = speeds if isinstance(speeds, dict) else {}
-        atomic_write_bytes(path, json.dumps({**speeds, key: rate}, indent=1).encode())
+        atomic_write_bytes(path, json.dumps({**_speeds(), key: rate}, indent=1).encode())
     except OSError:
         pass
+
+
+def _speeds() -> dict:
+    """The remembered speeds: empty when there are none, the file is unreadable, or the cache is off."""
+    path = speeds_path()
+    try:
+        speeds = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return speeds if isinstance(speeds, dict) else {}
 
 
 SPEEDS_FILE = "speeds.json"
