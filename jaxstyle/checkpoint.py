@@ -128,10 +128,10 @@ def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
     def bad(what: str) -> UsageError:
         return UsageError(f"checkpoint {name} is damaged: {what}; delete it to start afresh")
 
-    sizes = plan.scale_sizes(config)
-    if not (0 <= scale < len(sizes) and 0 <= step_done <= config.steps):
+    sizes, steps = plan.scale_sizes(config), plan.scale_steps(config)
+    if not (0 <= scale < len(sizes) and 0 <= step_done <= steps[scale]):
         raise bad(f"scale {scale} step {step_done} lies outside the run "
-                  f"({len(sizes)} scale(s) of {config.steps} steps)")
+                  f"(scales of {','.join(map(str, steps))} steps)")
     shape = (items, *plan.output_shape(content_shape, sizes[scale]), 3)
     images = arrays.get("images")
     if images is None or images.shape != shape or images.dtype != np.float32 or not np.all(np.isfinite(images)):
@@ -147,7 +147,7 @@ def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
         emas = _tree(arrays, "ema", jax.eval_shape(jax.vmap(lambda x: step.init_average(config.ema_decay, x)),
                                                    template), bad)
     history = arrays.get("history", np.zeros((items, 0), np.float32))
-    done = scale * config.steps + step_done
+    done = plan.steps_before(config, scale) + step_done
     if history.shape != (items, done):
         raise bad(f"history of shape {history.shape} for {items} item(s) and {done} steps done")
     return optimize.Checkpoint(scale, step_done, images, states, emas), history

@@ -53,6 +53,12 @@ class Inputs:
     meta: dict
 
     @property
+    def schedule(self) -> StylizeConfig:
+        """The settings the run goes by: one that starts from a smaller finished output continues it
+        at the next scale (`plan.continuing`); records keep ``config``, what was asked."""
+        return self.config if self.init is None else plan.continuing(self.config, self.init.shape)
+
+    @property
     def by_path(self) -> dict[pathlib.Path, str]:
         return outputs.inputs_by_path(self.files)
 
@@ -115,13 +121,16 @@ def _mask_paths(args: argparse.Namespace, n_styles: int) -> list[tuple[pathlib.P
 def plan_memory(inputs: Inputs, content_shape: Sequence[int], *, items: int = 1) -> memory.MemoryPlan:
     """Whole-image or strip-by-strip steps that fit the memory (`memory.plan_memory`); JAX starts here.
 
-    The memory is `max_memory` when given, else on a CPU half of the host's
-    memory available now (so that the machine stays usable: at 2048 px the
-    whole image is 1.4 times as fast as strips and takes 2.6 times the
-    memory, BENCHMARKS.md), and on a GPU or TPU the device's free memory
-    (where it does not say, the run goes as configured). A plan in strips
-    made before JAX starts also selects the XLA:CPU convolutions that keep
-    the least working memory.
+    The memory is `max_memory` when given, else on a CPU at most
+    `memory.CPU_MEMORY` (4 GiB) or half of the host's memory available now,
+    whichever is less, so that the machine stays usable: at 2048 px the whole
+    image is 1.4 times as fast as strips and takes 2.6 times the memory
+    (BENCHMARKS.md), and the top scale is a third of a coarse-to-fine run. A
+    run that fits in no strips within that may take up to half of what is
+    available. On a GPU or TPU it is the device's free memory (where it does
+    not say, the run goes as configured). A plan in strips made before JAX
+    starts also selects the XLA:CPU convolutions that keep the least working
+    memory.
 
     Raises:
       UsageError: not even the smallest strips fit; names the largest size that does.
@@ -134,24 +143,32 @@ def plan_memory(inputs: Inputs, content_shape: Sequence[int], *, items: int = 1)
     styles = [s.shape for s in inputs.styles]
 
     def chosen(budget: int | None, source: str) -> memory.MemoryPlan:
-        return memory.plan_memory(inputs.config, content_shape, blocks, widths, styles, items=items,
+        return memory.plan_memory(inputs.schedule, content_shape, blocks, widths, styles, items=items,
                                   budget=budget, source=source)
 
-    given, host = inputs.options.max_memory, memory.available_memory()
-    budget, source = (round(given * 2**30), "allowed by `max_memory`") if given else \
-        (host and host // 2, "half of what is available")  # the rest keeps the machine usable
-    try:
-        result = chosen(budget, source)
-    except UsageError:
-        if given:
-            raise
-        result = None  # a GPU or TPU may hold it: decided once JAX says which backend runs
+    given, half = inputs.options.max_memory, (memory.available_memory() or 0) // 2
+    if given:
+        budgets = [(round(given * 2**30), "allowed by `max_memory`")]
+    elif half > memory.CPU_MEMORY:
+        budgets = [(memory.CPU_MEMORY, "a CPU run's default (`max_memory` sets another)"),
+                   (half, "half of what is available")]
+    else:
+        budgets = [(half or None, "half of what is available")]
+    result = None
+    for budget, source in budgets:
+        try:
+            result = chosen(budget, source)
+            break
+        except UsageError:
+            if given:
+                raise
+            # else a larger budget, or a GPU or TPU, may hold it (decided once JAX says which backend runs)
     if result is None or result.config.remat:
         runtime.add_low_memory_cpu_flags()  # before JAX starts (a no-op where it has)
     if not given and jax.default_backend() != "cpu":
         result = chosen(runtime.device_memory(), "free on the device")
     elif result is None:
-        result = chosen(budget, source)  # raises, naming the largest size that fits
+        result = chosen(*budgets[-1])  # raises, naming the largest size that fits
     return result
 
 
@@ -214,7 +231,7 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     outputs.check_log(options.log, inputs.by_path, [output])
     resume = checkpoint_state(side.checkpoint, options)
     content = inputs.load(content_path)
-    plan.check_sizes(config, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
+    plan.check_sizes(inputs.schedule, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
     chosen = plan_memory(inputs, content.shape)  # JAX starts here, after the checks
     planned = chosen.config
     work = plan.scale_work(planned, content.shape, *inputs.architecture)
@@ -225,11 +242,12 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     net = network(inputs)
     record = checkpoint.run_record(config, [(r, p) for r, p in inputs.files], inputs.meta["params_sha256"],
                                    output=output.name)
-    state, history = checkpoint.load(side.checkpoint, record, config, content.shape) if resume else (None, None)
-    reporter = report.Reporter(options, plan.total_steps(config), 0 if history is None else history.shape[1])
+    state, history = checkpoint.load(side.checkpoint, record, planned, content.shape) if resume else (None, None)
+    reporter = report.Reporter(options, plan.total_steps(planned), 0 if history is None else history.shape[1])
     metadata = inputs.metadata(config, content_path.name)
-    reporter.start(report.Program([content_path.name], side.checkpoint, record,
-                                  _picture_saver(side, metadata), [side.interrupted], history, work, speed_key))
+    saver = _picture_saver(side, metadata, options.png_bits)
+    reporter.start(report.Program([content_path.name], side.checkpoint, record, saver, [side.interrupted], history,
+                                  work, speed_key))
     with reporter.running(planned):
         [result] = optimize.run([content], inputs.styles, net, [planned], init=inputs.init, masks=inputs.masks,
                                 callback=reporter, report_every=_report_every(options), resume=state,
@@ -261,12 +279,12 @@ def _report_every(options: RunOptions) -> int:
     return math.gcd(CHUNK, options.save_every, options.checkpoint_every)
 
 
-def _picture_saver(side: outputs.SideFiles, metadata: dict[str, str]):
+def _picture_saver(side: outputs.SideFiles, metadata: dict[str, str], png_bits: int):
     """Save a single run's picture as a snapshot or when interrupted (``report.Program.save_pictures``)."""
     def save(p, why: str) -> list[pathlib.Path]:
         path = side.snapshot(p.step) if why == "step" else side.interrupted
         images.save_image(path, np.clip(np.asarray(p.images[0]), 0, 1), overwrite=True,
-                          metadata={**metadata, "step": str(p.step)})
+                          metadata={**metadata, "step": str(p.step)}, png_bits=png_bits)
         return [path]
 
     return save
@@ -341,7 +359,7 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     queue = _buckets(run, [i for i in todo if resumed is None or i not in {item[0] for item in resumed[0]}])
     n_items = sum(len(m) for m in queue.values()) + (0 if resumed is None else len(resumed[0]))
     net, lay = network(inputs), layout(options, many=True)
-    reporter = report.Reporter(options, plan.total_steps(config) * n_items,
+    reporter = report.Reporter(options, plan.total_steps(inputs.schedule) * n_items,
                                0 if resumed is None else resumed[3].shape[1] * len(resumed[0]))
     with reporter.running(config, lambda: f"; {run.written} outputs written in this run"):
         if resumed is not None:
@@ -394,7 +412,7 @@ def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
 
 def _buckets(run: _Batch, todo: Sequence[int]) -> dict[tuple[int, int], list[tuple[int, tuple[int, int]]]]:
     """The inputs to do, grouped by the shape they are brought to (`batch_io.bucket_shape`)."""
-    config, args = run.inputs.config, run.args
+    config, args = run.inputs.schedule, run.args
     buckets: dict[tuple[int, int], list[tuple[int, tuple[int, int]]]] = {}
     for i in todo:
         try:
@@ -446,7 +464,7 @@ def _resumed_program(run: _Batch, ckpt: pathlib.Path):
     shape = tuple(saved["shape"])
     items = [(index[f], tuple(e), run.prepared(index[f], tuple(e), shape))
              for f, e in zip(saved["items"], saved["exact"])]
-    state, history = checkpoint.load(ckpt, run.record([(i, e) for i, e, _ in items], shape), run.inputs.config,
+    state, history = checkpoint.load(ckpt, run.record([(i, e) for i, e, _ in items], shape), run.inputs.schedule,
                                      shape, items=len(items))
     return items, shape, state, history
 
@@ -477,7 +495,8 @@ def _batch_program(run: _Batch, reporter: report.Reporter, net, lay, items: list
             picture = _uncropped(run, result, exact)
             alpha = output_alpha(run.contents[i], run.inputs.options, exact)  # cropped as the picture was
             alpha = None if alpha is None else batch_io.crop_from(alpha[..., None], picture.shape[:2])[..., 0]
-            images.save_image(run.outs[i], picture, overwrite=True, metadata=metadata[i], alpha=alpha)
+            images.save_image(run.outs[i], picture, overwrite=True, metadata=metadata[i], alpha=alpha,
+                              png_bits=run.inputs.options.png_bits)
         except JaxstyleError as e:
             run.fail(str(run.contents[i]), str(e), reporter)
             continue
@@ -498,7 +517,8 @@ def _batch_pictures(run: _Batch, items: list, sides: dict, metadata: dict):
         for j, (i, exact, _) in enumerate(items):
             path = sides[i].snapshot(p.step) if why == "step" else sides[i].interrupted
             picture = _uncropped(run, np.clip(np.asarray(p.images[j]), 0, 1), exact)
-            images.save_image(path, picture, overwrite=True, metadata={**metadata[i], "step": str(p.step)})
+            images.save_image(path, picture, overwrite=True, metadata={**metadata[i], "step": str(p.step)},
+                              png_bits=run.inputs.options.png_bits)
             paths.append(path)
         return paths
 
@@ -530,7 +550,7 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     outputs.check_log(options.log, inputs.by_path, [*paths, sheet])
     resume = checkpoint_state(side.checkpoint, options)
     content = inputs.load(content_path)
-    plan.check_sizes(config, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
+    plan.check_sizes(inputs.schedule, inputs.blocks, content.shape, [s.shape for s in inputs.styles])
     chosen = plan_memory(inputs, content.shape, items=plan.program_size(len(points), args.batch_size))
     say_plan(inputs, chosen, content.shape)
     planned = chosen.config
@@ -547,9 +567,9 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     if resume:
         start = int(checkpoint.saved_run(side.checkpoint).get("start", 0))
         program = next((p for p in programs if p.start == start), range(0))
-        state, history = checkpoint.load(side.checkpoint, record(start), config, content.shape, items=len(program))
+        state, history = checkpoint.load(side.checkpoint, record(start), planned, content.shape, items=len(program))
     tiles = {i: inputs.load(paths[i]) for i in range(start)}  # the points finished before an interruption
-    reporter = report.Reporter(options, plan.total_steps(config) * (len(points) - start),
+    reporter = report.Reporter(options, plan.total_steps(planned) * (len(points) - start),
                                0 if history is None else history.size)
     metadata = inputs.metadata(config, content_path.name)
     results = batches.sweep_iter(content, inputs.styles, net, planned, grid=grid, init=inputs.init,
@@ -603,7 +623,7 @@ def _sweep_point(reporter: report.Reporter, path: pathlib.Path, point: dict, res
         reporter.note(f"error: {batch_io.sweep_label(point).replace(chr(10), ', ')}: {result}")
         return _Failed(np.clip(result.image, 0, 1))
     config = config.replace(**point)
-    images.save_image(path, result, overwrite=True, metadata={
+    images.save_image(path, result, overwrite=True, png_bits=reporter.options.png_bits, metadata={
         **metadata, "settings": json.dumps(dataclasses.asdict(config)), "seed": str(config.seed)})
     return result
 

@@ -33,6 +33,7 @@ PADDING = ("zeros", "replicate")
 STYLE_LOSSES = ("gram", "mean_cov")
 PRESERVE_COLORS = ("none", "luminance", "histogram")
 DTYPES = ("float32", "bfloat16")
+PNG_BITS = (8, 16)
 MIN_STRIP_PIXELS = 2**12  # smaller strips mostly recompute their halo
 
 
@@ -41,7 +42,7 @@ class StylizeConfig:
     """Settings of one style transfer run. All are keyword arguments of `stylize`."""
 
     size: int = _field(384, "longest side of the output, in pixels")
-    steps: int = _field(300, "optimisation steps")
+    steps: int = _field(300, "optimisation steps (coarse to fine: at the first scale, fewer at each larger one)")
     optimizer: str = _field("adam", "optimiser of the pixels", choices=OPTIMIZERS)
     lr: float = _field(0.02, "Adam step size, in pixel units (image in [0, 1]); unused by L-BFGS")
     content_weight: float = _field(1.0, "weight of the content loss (alpha)")
@@ -67,9 +68,12 @@ class StylizeConfig:
     preserve_colors: str = _field("none", "keep the content's colours: transfer on luminance only, or match "
                                   "the style's colour histogram to the content first",
                                   choices=PRESERVE_COLORS)
-    multiscale: bool = _field(False, "coarse-to-fine: optimise at small sizes first, then upsample")
-    scales: tuple[int, ...] = _field((), "sizes of the coarse passes before --size (default with --multiscale: "
-                                     "from 128 px growing by sqrt(2))")
+    multiscale: bool = _field(False, "coarse-to-fine at any size, from 128 px growing by sqrt(2) (outputs over "
+                              "1024 px always go coarse to fine, from 512 px doubling)")
+    scales: tuple[int, ...] = _field((), "sizes of the coarse passes before --size")
+    scale_steps: tuple[int, ...] = _field((), "steps at each scale, coarsest first, e.g. 300,75,19 (one number: a "
+                                          "single scale at --size; default: --steps at the first scale, then fewer "
+                                          "so that each scale costs about as much)")
     ema_decay: float = _field(0.0, "output the exponential moving average of the iterates with this decay "
                               "(0: off; e.g. 0.9)")
     dtype: str = _field("float32", "compute dtype of the network (bfloat16 for GPU/TPU; losses stay float32)",
@@ -79,6 +83,9 @@ class StylizeConfig:
                                 "without it a run does this only when it would not fit in memory otherwise")
     strip_pixels: int = _field(0, "image pixels per strip when a run goes strip by strip (0: the largest strips "
                                "that fit in memory)", metavar="N")
+    remat_above: int = _field(0, "with --remat, only the scales larger than this (longest side, px) go strip by "
+                              "strip (0: every scale); a run that plans strips itself sets it to its largest "
+                              "scale that fits whole", metavar="PX")
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -121,8 +128,12 @@ def check_config(config: StylizeConfig) -> None:
     if config.strip_pixels and config.strip_pixels < MIN_STRIP_PIXELS:
         raise UsageError(f"`strip_pixels` must be 0 (chosen from the memory) or at least {MIN_STRIP_PIXELS}, "
                          f"got {config.strip_pixels}")
+    if config.remat_above < 0:
+        raise UsageError(f"`remat_above` must be zero or positive, got {config.remat_above}")
     if any(s < 16 or s > config.size for s in config.scales):
         raise UsageError(f"`scales` must be sizes from 16 to `size` ({config.size}), got {config.scales}")
+    if any(n < 1 for n in config.scale_steps):
+        raise UsageError(f"`scale_steps` must be positive, got {','.join(map(str, config.scale_steps))}")
     _check_choices(config)
 
 
@@ -141,7 +152,7 @@ def _check_choices(options: Any) -> None:
     for f in dataclasses.fields(options):
         choices = f.metadata.get("choices")
         if choices and getattr(options, f.name) not in choices:
-            raise UsageError(f"`{f.name}` must be one of {', '.join(choices)}, got {getattr(options, f.name)!r}")
+            raise UsageError(f"`{f.name}` must be one of {', '.join(map(str, choices))}, got {getattr(options, f.name)!r}")
 
 
 # Save a run's state every 100 steps: a checkpoint is a few image-sized arrays
@@ -173,17 +184,20 @@ class RunOptions:
                                    metavar="N")
     save_every: int = _field(0, "also write the picture every N steps, as OUT.stepNNNNN.png (0: never)", metavar="N")
     log: str = _field("", "write the loss per step to FILE (.json or .csv)", metavar="FILE")
+    png_bits: int = _field(8, "bits per channel of PNG pictures: 16 for print (TIFF pictures always have 16, "
+                           "JPEG and WebP 8)", choices=PNG_BITS)
     quiet: bool = _field(False, "no progress bar and no summary", action="store_true")
     shard_image: bool = _field(False, "split each image's rows over all devices (an image too big for one "
                                "device); the result equals an unsharded run", action="store_true")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, "refuse input images with more pixels than this, before "
                              "decoding them", metavar="N")
     max_memory: float = _field(0.0, "memory the run may use, in GiB: it plans whole-image or strip-by-strip "
-                               "steps to fit (0: on a CPU half of the memory available now, on a GPU or TPU the "
-                               "device's free memory)", metavar="GIB")
+                               "steps to fit (0: on a CPU 4 GiB or half of the memory available now if less, more "
+                               "only for a run that fits no other way; on a GPU or TPU the device's free memory)", metavar="GIB")
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        _check_choices(self)
         if not self.max_memory >= 0:
             raise UsageError(f"`max_memory` must be zero or positive, got {self.max_memory:g}")
         for name in ("checkpoint_every", "save_every"):

@@ -9,9 +9,10 @@ output path that cannot be written) raises `UsageError` or `JaxstyleError`
 with a one-line message naming the file.
 
 Output formats follow the file extension (`SUPPORTED_OUTPUT_EXTENSIONS`):
-8-bit PNG, JPEG and WebP (quality 95), and 16-bit-per-channel TIFF, which
-Pillow cannot write (it has no 16-bit RGB mode), so `_encode_tiff16` writes a
-baseline uncompressed TIFF itself. Colours are sRGB throughout: an input's
+PNG (8 or 16 bits per channel), JPEG and WebP (quality 95), and 16-bit TIFF.
+Pillow has no 16-bit RGB mode, so it can neither write nor read 16-bit colour:
+`_encode_png16` and `_encode_tiff16` write those files, and `_read_rgb16`
+reads them back at full precision. Colours are sRGB throughout: an input's
 embedded ICC profile is converted to sRGB on loading, and every output says
 it is sRGB (PNG's sRGB chunk, the sRGB ICC profile in the others).
 """
@@ -95,9 +96,10 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
       values as they are;
     - an EXIF (or TIFF) Orientation tag is applied, as
       ``PIL.ImageOps.exif_transpose`` would, so the array is upright;
-    - uncompressed 16-bit RGB TIFFs (such as `save_image` writes) are read at
-      full precision. Other 16-bit colour files (16-bit RGB PNG, compressed
-      16-bit TIFF) are reduced to 8 bits per channel by Pillow.
+    - uncompressed 16-bit RGB TIFFs and 16-bit RGB(A) PNGs whose rows are
+      filtered None, Sub or Up (such as `save_image` writes) are read at full
+      precision (`_read_rgb16`). Other 16-bit colour files (PNGs with Average
+      or Paeth rows, compressed TIFFs) are reduced to 8 bits per channel by Pillow.
 
     Args:
       path: the image file.
@@ -145,7 +147,7 @@ def _read(path: str | os.PathLike, max_pixels: int, decode: Callable[[Image.Imag
             width, height = im.size  # from the header; nothing decoded yet
             _check_pixel_count(name, width, height, max_pixels)
             _check_min_side(name, width, height)
-            pixels = _read_raw_rgb16_tiff(path, im) if raw16 else None
+            pixels = _read_rgb16(path, im) if raw16 else None
             if pixels is None:
                 im.load()  # decode everything now, so a truncated file fails here
                 pixels = decode(_in_srgb(im), name)
@@ -383,6 +385,59 @@ def _over_white(rgba: np.ndarray) -> np.ndarray:
 _RAW_RGB16 = {"RGB;16L": "<u2", "RGB;16B": ">u2"}  # Pillow's raw modes: little, big endian
 
 
+def _read_rgb16(path: pathlib.Path, im: Image.Image) -> np.ndarray | None:
+    """Full-precision RGB of a 16-bit colour file Pillow would reduce to 8 bits, or None for other files."""
+    if im.format == "TIFF":
+        return _read_raw_rgb16_tiff(path, im)
+    if im.format == "PNG":
+        return _read_png16(path)
+    return None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_RGB16 = {2: 3, 6: 4}  # colour type (RGB, RGBA) -> samples per pixel
+
+
+def _read_png16(path: pathlib.Path) -> np.ndarray | None:
+    """The pixels of a non-interlaced 16-bit RGB or RGBA PNG (RGBA composited over white, as
+    `load_image` does) whose rows are filtered None (0), Sub (1) or Up (2); None for any other PNG.
+
+    Reference: PNG (Third Edition), sections 7.3 (filtering) and 9.2 (filter types).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    width, height, depth, colour, interlace = struct.unpack(">IIBB2xB", data[16:29])
+    if depth != 16 or colour not in _PNG_RGB16 or interlace:
+        return None
+    chunks, at = [], 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IDAT":
+            chunks.append(data[at + 8:at + 8 + length])
+        at += 12 + length
+    samples = _PNG_RGB16[colour]
+    bpp = 2 * samples  # bytes per pixel
+    expected = height * (1 + width * bpp)
+    try:
+        rows = np.frombuffer(zlib.decompressobj().decompress(b"".join(chunks), expected + 1), np.uint8)
+    except zlib.error as e:
+        raise ValueError(f"PNG image data is corrupt: {e}") from e
+    if rows.size != expected:
+        raise EOFError(f"PNG image data holds {rows.size} bytes, expected {expected}")
+    rows = rows.reshape(height, 1 + width * bpp)
+    if np.any(rows[:, 0] > 2):
+        return None  # Average or Paeth: sequential along each row; Pillow decodes them (at 8 bits)
+    out, prior = np.empty((height, width * bpp), np.uint8), np.zeros(width * bpp, np.uint8)
+    for y, (kind, row) in enumerate(zip(rows[:, 0], rows[:, 1:])):
+        if kind == 1:  # Sub: each byte adds the same byte of the pixel to its left (mod 256)
+            row = np.cumsum(row.reshape(width, bpp), axis=0, dtype=np.uint8).reshape(-1)
+        elif kind == 2:  # Up: each byte adds the byte above it
+            row = row + prior
+        out[y] = prior = row
+    pixels = out.view(">u2").reshape(height, width, samples).astype(np.float32) / np.float32(65535)
+    return pixels if samples == 3 else _over_white(pixels)
+
+
 def _read_raw_rgb16_tiff(path: pathlib.Path, im: Image.Image) -> np.ndarray | None:
     """Full-precision pixels of an uncompressed 16-bit RGB TIFF, or None for other files.
 
@@ -525,10 +580,11 @@ def save_image(
     metadata: Mapping[str, str] | None = None,
     overwrite: bool = False,
     alpha: np.ndarray | None = None,
+    png_bits: int = 8,
 ) -> None:
     """Write an RGB image, with transparency if given; the format follows the extension.
 
-    - ``.png``: 8 bits per channel; ``metadata`` as text chunks (tEXt, or iTXt
+    - ``.png``: 8 or 16 (``png_bits``) bits per channel; ``metadata`` as text chunks (tEXt, or iTXt
       for text outside Latin-1). Every format is tagged sRGB: PNG with its
       sRGB chunk, the others with the sRGB ICC profile.
     - ``.jpg``/``.jpeg``: quality 95, no chroma subsampling; ``.webp``:
@@ -550,6 +606,7 @@ def save_image(
       alpha: (h, w) opacity in [0, 1], written as an alpha channel by PNG,
         WebP and TIFF (16 bits, unassociated); JPEG has none, and the picture
         is kept as it is (the library composites transparent inputs over white).
+      png_bits: 8 or 16, the bits per channel of a PNG (other formats ignore it).
 
     Raises:
       UsageError: unknown extension, the path is a directory, or the file exists
@@ -569,8 +626,10 @@ def save_image(
         if alpha.shape != pixels.shape[:2] or not np.all(np.isfinite(alpha)):
             raise ValueError(f"alpha must be finite, of the image's shape {pixels.shape[:2]}, got {alpha.shape}")
         pixels = np.concatenate([pixels, np.clip(alpha, 0, 1)[..., None]], axis=-1)
+    if png_bits not in (8, 16):
+        raise ValueError(f"png_bits must be 8 or 16, got {png_bits}")
     try:
-        data = _ENCODERS[fmt](pixels, text)
+        data = _encode_png16(pixels, text) if fmt == "PNG" and png_bits == 16 else _ENCODERS[fmt](pixels, text)
     except (OSError, ValueError, struct.error) as e:
         raise JaxstyleError(f"cannot encode {name} as {fmt}: {_one_line(e)}") from e
     try:
@@ -677,6 +736,32 @@ def _parse_description(description: object) -> dict[str, str]:
     if isinstance(parsed, dict) and all(isinstance(v, str) for v in parsed.values()):
         return parsed
     return {}
+
+
+def _encode_png16(pixels: np.ndarray, text: dict[str, str]) -> bytes:
+    """A PNG with 16 bits per sample, RGB or RGBA, tagged sRGB, ``text`` in tEXt (or iTXt) chunks.
+
+    Rows are filtered Up (each byte minus the one above), which `_read_png16`
+    undoes at full precision. Reference: PNG (Third Edition), sections 5 and 11.
+    """
+    height, width, samples = pixels.shape
+    rows = _quantize(pixels, 65535, np.uint16).astype(">u2").view(np.uint8).reshape(height, -1)
+    up = np.diff(rows, axis=0, prepend=np.zeros((1, rows.shape[1]), np.uint8))  # uint8: modulo 256
+    filtered = np.concatenate([np.full((height, 1), 2, np.uint8), up], axis=1)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour = {3: 2, 4: 6}[samples]
+    out = [_PNG_SIGNATURE, chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)),
+           chunk(b"sRGB", b"\0")]
+    for key, value in text.items():
+        try:
+            out.append(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            out.append(chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")))
+    out += [chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)), chunk(b"IEND", b"")]
+    return b"".join(out)
 
 
 def _encode_tiff16(pixels: np.ndarray, text: dict[str, str]) -> bytes:

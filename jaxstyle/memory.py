@@ -36,8 +36,12 @@ copies is 0.75-1.29 times ``4 * A``; MiB, measured against the estimate:
     strips 2**18, 1024 px           1342         1968
     strips 2**16, 2048 px           2170         2462
     strips 2**19, 2048 px           2603         3785
+    the command line, whole runs (``scripts/print_bench.py``):
+    1024 px, 50 steps               2257         3133
+    2048 px, 3 scales, strips       2947         3785
+    4096 px, strips 2**19           4911         7852
 
-so the estimate is 1.1-1.5 times every measurement. The style pass measured
+so the estimate is 1.1-1.6 times every measurement. The style pass measured
 ~480 MiB + 0.73 * 4 A_style (``--style-scale 3`` at 384 and 512 px: 2240 and
 3618 MiB; the estimate gives 2729 and 4232). A Python program that calls the
 library without `runtime.configure` runs XLA's default schedule: about 1.8
@@ -216,6 +220,9 @@ def check_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Se
 
 # Strip sizes the planner tries, largest (fastest: least halo recomputed) first.
 STRIP_CHOICES = tuple(2**k for k in range(20, 13, -1))
+# The most a CPU run takes unless told (`RunOptions.max_memory`), when half of the available
+# memory is more: enough for whole-image steps up to about 1600 px, strips beyond.
+CPU_MEMORY = 4 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,15 +242,20 @@ class MemoryPlan:
     source: str
 
     def describe(self, content_shape: Sequence[int], blocks: Sequence[int]) -> str:
-        """One line, e.g. "2048x1362: strips of 256 rows, about 3.1 GiB; 9.2 GiB is half of what is available"."""
+        """One line, e.g. "2048x1362 in 3 scales (512/1024/2048 px, 300/75/19 steps): strips
+        of 256 rows, about 3.1 GiB; 4.0 GiB is a CPU run's default"."""
         h, w = plan.output_shape(content_shape, self.config.size)
         how = "whole image"
+        sizes, steps = plan.scale_sizes(self.config), plan.scale_steps(self.config)
+        schedule = f", {steps[0]} step{'s' * (steps[0] != 1)}" if len(sizes) == 1 else \
+            f" in {len(sizes)} scales ({'/'.join(map(str, sizes))} px, {'/'.join(map(str, steps))} steps)"
         if self.config.remat:
             rows = plan.stage_rows(blocks, w, plan.REMAT_SPLITS[0], None,
                                    self.config.strip_pixels or plan.REMAT_PIXELS)
-            how = f"strips of {min(rows, h)} rows"
+            how = f"strips of {min(rows, h)} rows" + (f" above {self.config.remat_above} px"
+                                                       if self.config.remat_above else "")
         limit = f"; {_gib(self.budget)} GiB is {self.source}" if self.budget else ""
-        return f"{w}x{h}: {how}, about {_gib(self.estimate)} GiB{limit}"
+        return f"{w}x{h}{schedule}: {how}, about {_gib(self.estimate)} GiB{limit}"
 
 
 def plan_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Sequence[int],
@@ -253,8 +265,9 @@ def plan_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Seq
 
     Whole-image steps when they fit (they are the fastest), else strips of the
     first blocks (`plan.REMAT_SPLITS`), the largest of `STRIP_CHOICES` that
-    fits. ``config.remat`` forces strips and ``config.strip_pixels`` their
-    size. With no budget the run goes as configured.
+    fits; the coarse scales that fit whole still run whole (``remat_above``).
+    ``config.remat`` forces strips at every scale and ``config.strip_pixels``
+    their size. With no budget the run goes as configured.
 
     Raises:
       UsageError: not even the smallest strips fit; names the largest size
@@ -271,10 +284,18 @@ def plan_memory(config: StylizeConfig, content_shape: Sequence[int], blocks: Seq
     for option in tries:
         chosen = planned(option)
         if chosen.estimate <= budget:
+            if option.remat and not config.remat:
+                whole = [s for s in plan.scale_sizes(option)[:-1] if planned(_single(config, s)).estimate <= budget]
+                chosen = dataclasses.replace(chosen, config=option.replace(remat_above=max(whole, default=0)))
             return chosen
     check_memory(tries[-1], content_shape, blocks, widths, style_shapes, available=budget, what=source,
                  items=items)
     return planned(tries[-1])  # unreachable: check_memory raised
+
+
+def _single(config: StylizeConfig, size: int) -> StylizeConfig:
+    """A single-scale run of ``config``'s settings at ``size``, whole image."""
+    return config.replace(size=size, scales=(), scale_steps=(1,), multiscale=False, remat=False, remat_above=0)
 
 
 def available_memory() -> int | None:

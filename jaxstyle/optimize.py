@@ -154,7 +154,9 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
       network: the VGG and its weights.
       configs: one config per item; they may differ only in `plan.SWEEPABLE` fields.
       ids: what the items are called in `Progress.items` (default 0, 1, ...).
-      init: overrides ``config.init`` with an image array (resized to each item).
+      init: overrides ``config.init`` with an image array (resized to each item,
+        at the first scale; `plan.continuing` gives the run that continues a
+        finished smaller output instead, as the command line's ``--init`` does).
       masks: optional, one ``(content_mask, style_mask)`` pair per style image,
         each (h, w) in [0, 1]: the region of the output that takes that style,
         and the region of the style image it is taken from (shared by all items).
@@ -192,6 +194,7 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
     for k, scale in enumerate(plan.scale_sizes(config)):
         if resume is not None and k < resume.scale:
             continue
+        loop.model = model = step.configured(network.model, config, scale)  # whole or in strips at this scale
         goal = _scale(model, params, contents, styles, configs, masks, scale, layout, size)
         carry, done = _start(loop, goal, carry, resume if resume is not None and k == resume.scale else None,
                              config.init if init is None else init)
@@ -325,20 +328,21 @@ class _Loop:
     def steps(self, goal: _Scale, carry: tuple, k: int, done: int) -> tuple:
         """Run the scale's remaining steps in chunks; check the losses and report between them."""
         config, n_real = self.configs[0], len(self.configs)
+        steps, before = plan.scale_steps(config)[k], plan.steps_before(config, k)
         pending = []  # per-step losses since the last report
-        while done < config.steps:
-            n = min(CHUNK, config.steps - done, self.report_every - done % self.report_every)
+        while done < steps:
+            n = min(CHUNK, steps - done, self.report_every - done % self.report_every)
             last = jnp.array(carry[0][:n_real])  # a copy: the images are donated to the chunk
             *carry, history = goal.layout.run(self.model, self.params, *carry, goal.targets, goal.weights,
                                               jnp.int32(n), optimizer=config.optimizer, ema_decay=config.ema_decay,
                                               axes=goal.axes)
             history = np.asarray(history)[:n_real, :n]
-            self._check_finite(history, carry[0], last, k * config.steps + done, n)
+            self._check_finite(history, carry[0], last, before + done, n)
             done += n
             pending.append(history)
             if len(self.failures) == n_real:
                 break
-            if self.callback is not None and (done % self.report_every == 0 or done == config.steps):
+            if self.callback is not None and (done % self.report_every == 0 or done == steps):
                 self.callback(self._progress(goal, tuple(carry), k, done, np.concatenate(pending, axis=1)))
                 pending = []
         return tuple(carry)
@@ -357,8 +361,8 @@ class _Loop:
         config, n_real = self.configs[0], len(self.configs)
         images = _current(carry[0], carry[2], config.ema_decay)
         terms = _report_terms(self.model, self.params, images, goal.targets, goal.weights, axes=goal.axes)
-        return Progress(items=self.ids, step=k * config.steps + done, steps=plan.total_steps(config), scale=k,
-                        scales=len(plan.scale_sizes(config)), losses=history,
+        return Progress(items=self.ids, step=plan.steps_before(config, k) + done, steps=plan.total_steps(config),
+                        scale=k, scales=len(plan.scale_sizes(config)), losses=history,
                         terms={key: np.asarray(v)[:n_real] for key, v in terms.items()}, images=images,
                         elapsed=time.perf_counter() - self.start,
                         checkpoint=Checkpoint(k, done, *jax.tree.map(lambda x: jnp.array(x[:n_real]), carry)),

@@ -232,14 +232,14 @@ class Reporter:
         if save and p.step % save == 0 and p.step < p.steps:
             self.program.save_pictures(p, "step")
         self.speed.update(p.scale, p.step, p.elapsed)
-        if self.bar is not None:
-            self.bar.update((p.step - self.counted) * len(p.items))
+        if self.bar is not None:  # the postfix first: the update draws the bar with it
             left = self.speed.seconds_left(p.step)
             where = {"scale": f"{p.scale + 1}/{p.scales}"} if p.scales > 1 else {}
             where |= {"left": _clock(left)} if left is not None and self.program.work else {}
             self.bar.set_postfix(**where, loss=f"{np.mean(p.losses[:, -1]):.4g}",
                                  style=f"{np.mean(p.terms['style']):.3g}", content=f"{np.mean(p.terms['content']):.3g}",
                                  refresh=False)
+            self.bar.update((p.step - self.counted) * len(p.items))
         self.counted = p.step
 
     def _checkpoint(self) -> bool:
@@ -286,7 +286,8 @@ class Reporter:
         from jaxstyle import images
 
         try:
-            images.save_image(path, image, metadata=metadata, overwrite=overwrite, alpha=alpha)
+            images.save_image(path, image, metadata=metadata, overwrite=overwrite, alpha=alpha,
+                              png_bits=self.options.png_bits)
         except JaxstyleError as e:
             kept = self._checkpoint()
             raise JaxstyleError(f"{e}" + (f"; the finished run is kept in {self.program.checkpoint}: fix that and "

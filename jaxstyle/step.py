@@ -62,10 +62,12 @@ class Network:
         return self.model.apply({"params": self.params}, image, layers)
 
 
-def configured(model: vgg.VGG, config: StylizeConfig) -> vgg.VGG:
-    """The network module with the config's pooling, padding, dtype, remat and strip size."""
+def configured(model: vgg.VGG, config: StylizeConfig, size: int | None = None) -> vgg.VGG:
+    """The network module with the config's pooling, padding, dtype, remat and strip size (at the
+    scale of longest side ``size``: strip by strip only above ``config.remat_above``)."""
+    remat = config.remat and (size is None or size > config.remat_above)
     return model.clone(pooling=config.pooling, avg_pool_scale=config.avg_pool_scale,
-                       first_padding=config.padding, remat=config.remat, strip_pixels=config.strip_pixels,
+                       first_padding=config.padding, remat=remat, strip_pixels=config.strip_pixels,
                        dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
 
 

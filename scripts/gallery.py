@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from jaxstyle import images, optimize, weights
+from jaxstyle import images, optimize, plan, weights
 from jaxstyle.commands import DEMO_CONTENT, DEMO_STYLE, EXAMPLES
 from jaxstyle.config import StylizeConfig
 
@@ -32,10 +32,11 @@ def _half_masks(shape, style_shapes):
 def entries(base: StylizeConfig):
     """name -> (config, styles, masks, caption)."""
     van_gogh, wave = [DEMO_STYLE], [DEMO_STYLE, WAVE]
+    n_scales = len(plan.scale_sizes(base.replace(multiscale=True)))
     return {
         "baseline": (base, van_gogh, False, "defaults"),
-        "multiscale": (base.replace(multiscale=True, steps=base.steps // 2), van_gogh, False,
-                       "--multiscale (half the steps per scale: about the same time)"),
+        "multiscale": (base.replace(multiscale=True, scale_steps=(base.steps // 2,) * n_scales), van_gogh, False,
+                       f"--multiscale, {base.steps // 2} steps at each of {n_scales} scales (about the same time)"),
         "ema": (base.replace(ema_decay=0.95), van_gogh, False, "--ema-decay 0.95"),
         "blend": (base.replace(style_blend=(0.5, 0.5)), wave, False, "--style van_gogh great_wave --style-blend 0.5 0.5"),
         "style_scale_small": (base.replace(style_scale=0.5), van_gogh, False, "--style-scale 0.5"),

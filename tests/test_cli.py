@@ -391,7 +391,8 @@ def test_every_run_option_is_declared_once_and_taken_by_every_command(command):
     required = RUN_COMMANDS[command]
     assert cli.config_from_args(parser.parse_args(required), RunOptions) == RunOptions()
     given = {"weights": "w.npz", "overwrite": True, "resume": True, "checkpoint_every": 7, "save_every": 3,
-             "log": "loss.csv", "quiet": True, "shard_image": True, "max_pixels": 1000, "max_memory": 2.5}
+             "log": "loss.csv", "quiet": True, "shard_image": True, "max_pixels": 1000, "max_memory": 2.5,
+             "png_bits": 16}
     assert set(given) == {f.name for f in dataclasses.fields(RunOptions)}
     argv = [*required]
     for name, value in given.items():

@@ -721,3 +721,76 @@ def test_alpha_is_written_and_read_back(tmp_path, ext):
 def test_an_opaque_image_has_no_alpha(tmp_path):
     images.save_image(tmp_path / "a.png", np.zeros((16, 16, 3), np.float32))
     assert images.load_alpha(tmp_path / "a.png") is None
+
+
+# ----------------------------------------------------------------------------
+# 16-bit PNG
+
+
+def _png(width: int, height: int, colour: int, rows: list[bytes]) -> bytes:
+    """A 16-bit PNG assembled here from its definition (PNG Third Edition, section 5), independent of
+    `images`: IHDR, one IDAT of the given filtered rows (each a filter byte and its samples), IEND."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
+
+
+def test_a_16bit_png_is_written_that_pillow_reads_and_is_read_back_at_full_precision(tmp_path):
+    image = _smooth_image(20, 30)
+    expected16 = np.round(image * 65535).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    images.save_image(path, image, png_bits=16, metadata={"k": "v", "note": "значение"})  # iTXt
+    assert path.read_bytes()[24:26] == bytes([16, 2])  # IHDR: bit depth 16, colour type RGB
+    with Image.open(path) as im:  # Pillow decodes 16-bit colour by keeping the high byte of each sample
+        assert im.mode == "RGB" and im.info.get("srgb") == 0
+        np.testing.assert_array_equal(np.asarray(im), expected16 >> 8)
+    assert images.read_metadata(path) == {"k": "v", "note": "значение"}
+    np.testing.assert_array_equal(images.load_image(path), expected16 / np.float32(65535))  # every level kept
+    fine = np.full((16, 16, 3), 1000.4 / 65535)  # far from any multiple of 1/255
+    images.save_image(tmp_path / "fine.png", fine, png_bits=16)
+    np.testing.assert_allclose(images.load_image(tmp_path / "fine.png"), 1000 / 65535, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="png_bits must be 8 or 16, got 12"):
+        images.save_image(tmp_path / "bad.png", fine, png_bits=12)
+
+
+def test_a_16bit_rgba_png_keeps_its_alpha(tmp_path):
+    rgb = np.full((16, 24, 3), 0.25, np.float32)
+    alpha = np.tile(np.linspace(0, 1, 24, dtype=np.float32), (16, 1))
+    images.save_image(tmp_path / "a.png", rgb, alpha=alpha, png_bits=16)
+    assert (tmp_path / "a.png").read_bytes()[24:26] == bytes([16, 6])  # RGBA
+    np.testing.assert_allclose(images.load_alpha(tmp_path / "a.png"), alpha, atol=1 / 255)  # Pillow reads 8 bits
+    over_white = rgb * alpha[..., None] + 1 - alpha[..., None]
+    np.testing.assert_allclose(images.load_image(tmp_path / "a.png"), over_white, atol=1 / 65535)
+
+
+def test_16bit_png_rows_filtered_sub_and_up_are_read_at_full_precision_and_paeth_at_8_bits(tmp_path):
+    levels = (np.arange(2 * 5 * 3).reshape(2, 5, 3) * 2000 + 7).astype(">u2")  # none on the 8-bit grid
+    raw = [levels[y].reshape(-1).view(np.uint8) for y in range(2)]
+    sub = [np.concatenate([r[:6], (r[6:].astype(int) - r[:-6]) % 256]).astype(np.uint8) for r in raw]
+    up = (raw[1].astype(int) - raw[0]) % 256
+    rows = [b"\1" + sub[0].tobytes(), b"\2" + up.astype(np.uint8).tobytes()]
+    (tmp_path / "sub_up.png").write_bytes(_png(5, 2, 2, rows))
+    tall = np.repeat(levels, 8, axis=0)  # 16 rows, the smallest side `load_image` takes
+    tall_rows = [np.tile(r.reshape(-1).view(np.uint8), 4).tobytes() for r in tall]
+    (tmp_path / "tall.png").write_bytes(_png(5 * 4, 16, 2, [b"\0" + r for r in tall_rows]))
+    np.testing.assert_array_equal(images.load_image(tmp_path / "tall.png"),
+                                  np.tile(tall, (1, 4, 1)) / np.float32(65535))
+    decoded = images._read_png16(tmp_path / "sub_up.png")  # 2x5: below the smallest image `load_image` takes
+    np.testing.assert_array_equal(decoded, levels / np.float32(65535))
+    # Paeth (4) needs each pixel's left neighbour first: Pillow decodes it, at 8 bits.
+    # Row 0 filtered Paeth, which with nothing above is Sub; the others None.
+    paeth = [b"\4" + bytes(r[:6]) + bytes((a - b) % 256 for a, b in zip(r[6:], r)) if y == 0 else b"\0" + r
+             for y, r in enumerate(tall_rows)]
+    (tmp_path / "paeth.png").write_bytes(_png(5 * 4, 16, 2, paeth))
+    assert images._read_png16(tmp_path / "paeth.png") is None
+    with Image.open(tmp_path / "paeth.png") as im:
+        np.testing.assert_array_equal(images.load_image(tmp_path / "paeth.png"), np.asarray(im) / np.float32(255))
+
+
+def test_a_corrupt_16bit_png_is_refused_in_one_line(tmp_path):
+    (tmp_path / "bad.png").write_bytes(_png(16, 16, 2, [b"\0" + bytes(96)] * 15))  # a row short
+    with pytest.raises(UsageError, match="bad.png"):
+        images.load_image(tmp_path / "bad.png")

@@ -128,7 +128,7 @@ def test_the_planner_runs_the_whole_image_when_it_fits():
 
 
 def test_the_planner_takes_the_largest_strips_that_fit():
-    config = StylizeConfig(size=2048)
+    config = StylizeConfig(size=2048, scale_steps=(100,))  # one scale
     by_strip = {p: _estimate(config.replace(remat=True, strip_pixels=p)) for p in memory.STRIP_CHOICES}
     # Smaller strips need less memory, and all of them far less than the whole image.
     assert list(by_strip.values()) == sorted(by_strip.values(), reverse=True)
@@ -139,6 +139,23 @@ def test_the_planner_takes_the_largest_strips_that_fit():
             assert chosen.config == config.replace(remat=True, strip_pixels=smaller), budget
             assert chosen.estimate == by_strip[smaller] <= budget
     assert _plan(config, _estimate(config) - 1).config.strip_pixels == memory.STRIP_CHOICES[0]
+
+
+@pytest.mark.parametrize("gib", [2.5, 4, 8])
+def test_coarse_scales_that_fit_whole_run_whole(gib):
+    from jaxstyle import step, vgg
+
+    config = StylizeConfig(size=2048)  # 512, 1024 and 2048 px
+    budget = round(gib * 2**30)
+    whole = {s: _estimate(StylizeConfig(size=s)) for s in (512, 1024)}
+    assert whole[512] < 2.5 * 2**30 < whole[1024] < 4 * 2**30 < _estimate(config)
+    chosen = _plan(config, budget).config
+    assert chosen.remat and chosen.remat_above == max(s for s in whole if whole[s] <= budget)
+    # The network of each scale: whole up to remat_above, strips above it; --remat alone: every scale.
+    model = vgg.VGG()
+    assert [step.configured(model, chosen, s).remat for s in (512, 1024, 2048)] == \
+        [False, chosen.remat_above == 512, True]
+    assert _plan(config.replace(remat=True), budget).config.remat_above == 0
 
 
 def test_remat_and_strip_pixels_override_the_planner():
@@ -172,10 +189,11 @@ def test_the_plan_line_names_the_size_the_strips_and_the_memory():
     whole = _plan(config, 2**40)
     gib = _estimate(config) / 2**30
     assert 9 < gib < 10  # one decimal below 10 GiB, whole GiB above
-    assert whole.describe(PHOTO, VGG19[0]) == f"2048x1362: whole image, about {gib:.1f} GiB; 1,024 GiB is available"
-    strips = _plan(config, _estimate(config.replace(remat=True, strip_pixels=2**18)))
+    assert whole.describe(PHOTO, VGG19[0]) == ("2048x1362 in 3 scales (512/1024/2048 px, 300/75/19 steps): "
+                                               f"whole image, about {gib:.1f} GiB; 1,024 GiB is available")
+    strips = _plan(config.replace(scale_steps=(50,)), _estimate(config.replace(remat=True, strip_pixels=2**18)))
     # 2**18 pixels of a 2048-wide image: 128 rows, a multiple of pool2's 4 rows; the halo is not counted.
-    assert strips.describe(PHOTO, VGG19[0]).startswith("2048x1362: strips of 128 rows, about ")
+    assert strips.describe(PHOTO, VGG19[0]).startswith("2048x1362, 50 steps: strips of 128 rows, about ")
 
 
 # ---------------------------------------------------------------- the estimate against measured peaks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -38,7 +39,64 @@ def test_output_shape_and_the_coarse_to_fine_schedule():
     assert plan.scale_sizes(StylizeConfig(size=384)) == (384,)
     assert plan.scale_sizes(StylizeConfig(size=512, multiscale=True)) == (128, 181, 256, 362, 512)
     assert plan.scale_sizes(StylizeConfig(size=512, multiscale=True, scales=(300, 100, 300))) == (100, 300, 512)
-    assert plan.total_steps(StylizeConfig(size=512, steps=30, multiscale=True, scales=(256,))) == 60
+    assert plan.scale_sizes(StylizeConfig(size=256, scales=(64, 128))) == (64, 128, 256)  # scales alone suffice
+
+
+# ---------------------------------------------------------------- the schedule: sizes and steps per scale
+
+@pytest.mark.parametrize("kwargs, sizes, steps", [
+    (dict(size=1024), (1024,), (300,)),  # up to 1024 px: one scale
+    (dict(size=1025, steps=100), (512, 1025), (100, 25)),  # above: from at least 512 px, doubling
+    (dict(size=2048), (512, 1024, 2048), (300, 75, 19)),  # steps fall with the pixels: each scale costs as much
+    (dict(size=1500, steps=40), (750, 1500), (40, 10)),
+    (dict(size=4096, steps=10), (512, 1024, 2048, 4096), (10, 2, 1, 1)),  # at least one step per scale
+    (dict(size=2048, scale_steps=(300, 200, 100, 50)), (256, 512, 1024, 2048), (300, 200, 100, 50)),
+    (dict(size=2048, scale_steps=(60,)), (2048,), (60,)),  # one number: single scale, at any size
+    (dict(size=512, steps=30, scales=(256,)), (256, 512), (30, 8)),
+    (dict(size=512, steps=30, scales=(256,), scale_steps=(30, 30)), (256, 512), (30, 30)),
+    (dict(size=362, multiscale=True, steps=64), (128, 181, 256, 362), (64, 32, 16, 8)),
+])
+def test_steps_per_scale_fall_as_the_scale_grows_unless_given(kwargs, sizes, steps):
+    config = StylizeConfig(**kwargs)
+    assert plan.scale_sizes(config) == sizes
+    assert plan.scale_steps(config) == steps
+    assert plan.total_steps(config) == sum(steps)
+    assert [plan.steps_before(config, k) for k in range(len(sizes))] == [sum(steps[:k]) for k in range(len(sizes))]
+
+
+def test_the_style_image_follows_style_scale_at_every_scale():
+    config = StylizeConfig(size=2048, style_scale=0.5)
+    assert [plan.style_size(config, s) for s in plan.scale_sizes(config)] == [256, 512, 1024]
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    (dict(size=2048, scales=(512, 1024), scale_steps=(300, 100)), "`scale_steps` must give one step count per scale "
+     "(512, 1024, 2048 px), got 300,100"),
+    (dict(size=512, scales=(256,), scale_steps=(30,)), "one step count per scale (256, 512 px), got 30"),
+])
+def test_a_step_count_per_scale_is_required(kwargs, problem):
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        plan.check_sizes(StylizeConfig(**kwargs), VGG19, (300, 400, 3), [(300, 400, 3)])
+
+
+def test_scale_steps_must_be_positive():
+    with pytest.raises(UsageError, match="`scale_steps` must be positive, got 300,0"):
+        StylizeConfig(size=1024, scale_steps=(300, 0))
+
+
+@pytest.mark.parametrize("init_side, sizes, steps", [
+    (256, (512, 1024, 2048), (300, 75, 19)),  # smaller than the first scale: the whole run
+    (512, (1024, 2048), (75, 19)),  # a finished 512 px output: on at 1024 px
+    (700, (1024, 2048), (75, 19)),  # between scales: from the next, resized to it
+    (1024, (2048,), (19,)),
+    (4000, (2048,), (19,)),  # larger than the output: the last scale
+])
+def test_a_smaller_finished_output_continues_at_the_next_scale(init_side, sizes, steps):
+    config = StylizeConfig(size=2048)
+    continued = plan.continuing(config, (init_side * 2 // 3, init_side, 3))
+    assert (plan.scale_sizes(continued), plan.scale_steps(continued)) == (sizes, steps)
+    assert plan.continuing(continued, (init_side * 2 // 3, init_side)) == continued  # idempotent
+    assert plan.continuing(StylizeConfig(size=384), (100, 100)) == StylizeConfig(size=384)  # single scale: as is
 
 
 @pytest.mark.parametrize("shape", [(40, 2000), (2000, 40), (30, 97)])
@@ -139,7 +197,7 @@ def test_scale_work_counts_each_scales_steps_and_flops_by_hand():
                            style_layers=("relu1_1",))
     # A 30x40 photo: 12x16 then 24x32; conv1_1 (3 -> 4 channels), forward and input gradient.
     assert plan.scale_work(config, (30, 40, 3), blocks, widths) == (
-        (5, 2 * 2 * 12 * 16 * 9 * 3 * 4), (5, 2 * 2 * 24 * 32 * 9 * 3 * 4))
+        (5, 2 * 2 * 12 * 16 * 9 * 3 * 4), (1, 2 * 2 * 24 * 32 * 9 * 3 * 4))  # 5 steps / 4 times the pixels
 
 
 def test_conv_flops_by_hand():

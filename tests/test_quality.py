@@ -69,7 +69,7 @@ def base(tiny):
     (dict(size=1024, multiscale=True), (128, 181, 256, 362, 512, 724, 1024)),
     (dict(size=100, multiscale=True), (100,)),  # already below the first scale
     (dict(size=256, multiscale=True, scales=(200, 64, 128, 64, 256)), (64, 128, 200, 256)),  # sorted, unique
-    (dict(size=256, scales=(64, 128)), (256,)),  # scales only matter with multiscale
+    (dict(size=256, scales=(64, 128)), (64, 128, 256)),  # scales alone make a run coarse to fine
 ])
 def test_scale_schedule(changes, expected):
     assert plan.scale_sizes(StylizeConfig(**changes)) == expected
@@ -77,7 +77,7 @@ def test_scale_schedule(changes, expected):
 
 def test_multiscale_run_ends_at_the_size_carries_adam_and_differs(tiny, base):
     reports = []
-    out = optimize.stylize(_photo(), _painting(), tiny, CFG.replace(multiscale=True, scales=(24,)),
+    out = optimize.stylize(_photo(), _painting(), tiny, CFG.replace(scales=(24,), scale_steps=(20, 20)),
                            callback=reports.append)
     assert out.shape == (*OUT_HW, 3)
     assert [(r.step, r.images.shape[1:3]) for r in reports] == [(10, (18, 24)), (20, (18, 24)),
@@ -91,6 +91,22 @@ def test_multiscale_run_ends_at_the_size_carries_adam_and_differs(tiny, base):
     coarse = reports[1].checkpoint.states.inner_state[0]
     assert int(coarse.count[0]) == 20 and float(jnp.abs(coarse.mu).mean()) > 0
     assert np.abs(out - base).mean() > DIFFERS  # measured 0.13
+
+
+def test_with_remat_above_the_coarse_scales_run_whole_and_the_result_is_the_same(tiny, monkeypatch):
+    seen, original = [], step.configured
+
+    def spy(model, config, size=None):
+        seen.append((size, original(model, config, size).remat))
+        return original(model, config, size)
+
+    monkeypatch.setattr(step, "configured", spy)
+    config = CFG.replace(scales=(24,), scale_steps=(10, 10), remat=True, remat_above=24)
+    out = optimize.stylize(_photo(), _painting(), tiny, config)
+    assert [s for s in seen if s[0] is not None] == [(24, False), (32, True)]
+    # Strips compute the same objective (tests/test_cli.py: the same picture within 2 levels).
+    whole = optimize.stylize(_photo(), _painting(), tiny, config.replace(remat=False, remat_above=0))
+    np.testing.assert_allclose(out, whole, atol=2 / 255)
 
 
 def test_scales_too_small_for_the_network_are_refused_before_compute(tiny):

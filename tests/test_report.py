@@ -153,7 +153,7 @@ def _interrupt_after_checkpoints(monkeypatch, n: int, signum: int = signal.SIGIN
 RESUME_CASES = {
     "adam": ((), 1),
     "lbfgs": (("--optimizer", "lbfgs"), 1),
-    "multiscale": (("--multiscale", "--scales", 24), 3),  # interrupted at step 20 of the second scale
+    "multiscale": (("--scales", 24), 3),  # 40 then 22 steps: interrupted at step 20 of the second scale
     "ema": (("--ema-decay", 0.9), 1),
 }
 
@@ -183,7 +183,7 @@ def test_resume_gives_the_uninterrupted_result(files, tiny_weights, tmp_path, mo
     np.testing.assert_array_equal(images.load_image(resumed), images.load_image(whole))
     log = json.loads(resumed.with_suffix(".json").read_text())
     assert log == json.loads(whole.with_suffix(".json").read_text())
-    assert len(log) == 40 * (2 if "--multiscale" in options else 1)
+    assert len(log) == (40 + 22 if "--scales" in options else 40)  # 22 = 40 (24 / 32)**2
 
 
 @pytest.fixture
@@ -273,8 +273,9 @@ def test_a_run_says_its_memory_plan_and_max_memory_sends_it_into_strips(files, t
     from jaxstyle import memory, plan
 
     assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 1))) == 0
-    assert re.fullmatch(r"32x24: whole image, about 0\.8 GiB; [\d,.]+ GiB is half of what is available; the time "
-                        r"left shows once "
+    default = (r"(4\.0 GiB is a CPU run's default \(--max-memory sets another\)"  # half of what is available is more
+               r"|[\d.]+ GiB is half of what is available)")
+    assert re.fullmatch(r"32x24, 1 step: whole image, about 0\.8 GiB; " + default + "; the time left shows once "
                         r"the first steps have run", _plan_line(capsys.readouterr().err))
     # At 256 px (256x192) strips of 2**15 pixels are the largest smaller than the whole image.
     params, meta = weights.load(tiny_weights)
@@ -287,7 +288,7 @@ def test_a_run_says_its_memory_plan_and_max_memory_sends_it_into_strips(files, t
     budget = whole - 1
     argv = _args(files, tiny_weights, tmp_path / "b.png", "--steps", 1, "--size", 256, "--max-memory", budget / 2**30)
     assert cli.main(_loud(argv)) == 0
-    assert _plan_line(capsys.readouterr().err).startswith("256x192: strips of 128 rows, about 0.8 GiB; 0.8 GiB is "
+    assert _plan_line(capsys.readouterr().err).startswith("256x192, 1 step: strips of 128 rows, about 0.8 GiB; 0.8 GiB is "
                                                           "allowed by --max-memory")
     assert images.load_image(tmp_path / "b.png").shape == (192, 256, 3)
     # Below what any run needs: one line that says to raise the limit.
@@ -297,6 +298,21 @@ def test_a_run_says_its_memory_plan_and_max_memory_sends_it_into_strips(files, t
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.parametrize("available, cpu_memory, says", [
+    (64, 4, "4.0 GiB is a CPU run's default (--max-memory sets another)"),
+    (6, 4, "3.0 GiB is half of what is available"),  # less than the default
+    (64, 0.25, "32 GiB is half of what is available"),  # the run fits in no strips within the default
+])
+def test_a_cpu_run_takes_4_gib_unless_it_needs_more_or_half_the_memory_is_less(
+        files, tiny_weights, tmp_path, capsys, monkeypatch, available, cpu_memory, says):
+    from jaxstyle import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: available * 2**30)
+    monkeypatch.setattr(memory, "CPU_MEMORY", round(cpu_memory * 2**30))
+    assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 1))) == 0
+    assert _plan_line(capsys.readouterr().err).startswith(f"32x24, 1 step: whole image, about 0.8 GiB; {says}; ")
+
+
 def test_on_a_gpu_the_plan_takes_the_devices_free_memory(files, tiny_weights, tmp_path, capsys, monkeypatch):
     """Simulated (this machine has no GPU): the plan asks the device, not the host."""
     from jaxstyle import runtime
@@ -304,8 +320,8 @@ def test_on_a_gpu_the_plan_takes_the_devices_free_memory(files, tiny_weights, tm
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(runtime, "device_memory", lambda: 5 * 2**30)
     assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 1))) == 0
-    assert _plan_line(capsys.readouterr().err).startswith("32x24: whole image, about 0.8 GiB; 5.0 GiB is free on the "
-                                                          "device; ")
+    assert _plan_line(capsys.readouterr().err).startswith("32x24, 1 step: whole image, about 0.8 GiB; 5.0 GiB is free "
+                                                          "on the device; ")
 
 
 def test_device_out_of_memory_is_one_line_with_exit_code_1(files, tiny_weights, tmp_path, capsys, monkeypatch):
@@ -538,13 +554,57 @@ def test_the_bar_shows_the_scale_and_time_left_and_the_next_plan_knows_the_speed
         files, tiny_weights, tmp_path, capsys, monkeypatch):
     speeds = tmp_path / "speeds.json"
     monkeypatch.setattr(report, "speeds_path", lambda: speeds)
-    argv = _loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 20, "--size", 40, "--multiscale",
-                       "--scales", 28))
-    assert cli.main(argv) == 0
+    argv = _loud(_args(files, tiny_weights, tmp_path / "a.png", "--steps", 20, "--size", 40, "--scales", 28))
+    assert cli.main(argv) == 0  # 20 steps at 28 px, then 10 at 40 px
     err = capsys.readouterr().err
     assert _plan_line(err).endswith("; the time left shows once the first steps have run")
     assert "scale=1/2" in err and "scale=2/2" in err and re.search(r"left=0:\d\d", err), err
+    # The bar is drawn with the report it counts: the steps of the second scale say so.
+    drawn = [line for line in re.split(r"[\r\n]", err) if "30/30" in line]
+    assert drawn and all("scale=2/2" in line for line in drawn), drawn
     [(key, rate)] = json.loads(speeds.read_text()).items()
     assert key.startswith("cpu:") and key.endswith(":whole:adam:float32") and rate > 0
     assert cli.main(_loud(_args(files, tiny_weights, tmp_path / "b.png", "--steps", 20))) == 0
     assert _plan_line(capsys.readouterr().err).endswith("; under a minute of steps at the speed of the last such run")
+
+
+# ----------------------------------------------------------------------------
+# The schedule on the command line: steps per scale, continuing a smaller output, 16-bit PNG
+
+
+def test_scale_steps_set_each_scales_steps_and_the_plan_says_them(files, tiny_weights, tmp_path, capsys):
+    log = tmp_path / "a.json"
+    argv = _loud(_args(files, tiny_weights, tmp_path / "a.png", "--size", 40, "--scales", 28, "--scale-steps", "6,2",
+                       "--log", log))
+    assert cli.main(argv) == 0
+    assert _plan_line(capsys.readouterr().err).startswith("40x30 in 2 scales (28/40 px, 6/2 steps): whole image")
+    assert len(json.loads(log.read_text())) == 8
+    assert cli.main(_args(files, tiny_weights, tmp_path / "b.png", "--scales", 28, "--scale-steps", 6)) == 2
+    err = capsys.readouterr().err
+    assert _one_line_error(err) and "--scale-steps must give one step count per scale (28, 32 px), got 6" in err
+
+
+def test_a_smaller_finished_output_given_as_init_continues_at_the_next_scale(files, tiny_weights, tmp_path, capsys):
+    small = tmp_path / "small.tif"  # 16 bits: the continued run starts from the very pixels the first one ended at
+    assert cli.main(_args(files, tiny_weights, small, "--size", 28, "--steps", 6)) == 0
+    log = tmp_path / "big.json"
+    continued = _loud(_args(files, tiny_weights, tmp_path / "big.png", "--size", 40, "--scales", 28,
+                            "--scale-steps", "6,3", "--init", small, "--log", log))
+    assert cli.main(continued) == 0
+    assert _plan_line(capsys.readouterr().err).startswith("40x30, 3 steps: ")  # the 28 px scale is done already
+    assert len(json.loads(log.read_text())) == 3
+    # The same as a single-scale run of 3 steps from that picture, which is what continuing means.
+    direct = _args(files, tiny_weights, tmp_path / "direct.png", "--size", 40, "--steps", 3, "--init", small)
+    assert cli.main(direct) == 0
+    np.testing.assert_array_equal(images.load_image(tmp_path / "big.png"), images.load_image(tmp_path / "direct.png"))
+    # The record keeps what was asked: the settings, not the shortened schedule.
+    settings = json.loads(images.read_metadata(tmp_path / "big.png")["settings"])
+    assert settings["scales"] == [28] and settings["scale_steps"] == [6, 3]
+
+
+def test_png_bits_16_writes_16_bit_pngs(files, tiny_weights, tmp_path):
+    out = tmp_path / "deep.png"
+    assert cli.main(_args(files, tiny_weights, out, "--steps", 2, "--png-bits", 16, "--save-every", 1)) == 0
+    for path in (out, tmp_path / "deep.png.step00001.png"):
+        assert path.read_bytes()[24] == 16, path  # IHDR bit depth
+    assert cli.main(_args(files, tiny_weights, tmp_path / "x.png", "--png-bits", 12)) == 2
