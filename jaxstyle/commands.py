@@ -94,6 +94,7 @@ def read_inputs(args: argparse.Namespace, config: StylizeConfig, options: RunOpt
         files.append(("the init image", pathlib.Path(config.init)))
     plan.check_styles(config, len(styles), None if pairs is None else len(pairs))
     plan.check_layout(config, rows=options.shard_image)
+    plan.scale_steps(config)  # refuses a step count per scale that does not fit the scales
     masks = None if pairs is None else [(_load(c, options).mean(-1), _load(s, options).mean(-1)) for c, s in pairs]
     if masks is not None:
         plan.check_mask_coverage([c for c, _ in masks])
