@@ -1,0 +1,230 @@
+"""Clips in and out: video files, GIFs and folders of frames as lists of RGB arrays in [0, 1].
+
+Video files go through PyAV (the ``video`` extra), which carries its own
+FFmpeg libraries in its wheel: decoding runs in-process, frame rates stay
+exact fractions (30000/1001), a phone's rotation tag is applied, and the
+source's sound is copied into the output without re-encoding. GIFs go through
+Pillow, and a folder (or glob) of frames through `jaxstyle.images`.
+
+Outputs are written whole or not at all: a video or GIF is encoded into a
+temporary file beside the output and renamed over it; a folder of frames is
+written into ``OUT.partial`` and renamed to ``OUT`` when every frame is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import os
+import pathlib
+import shutil
+import tempfile
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+from jaxstyle import images
+from jaxstyle.config import DEFAULT_MAX_PIXELS
+from jaxstyle.errors import JaxstyleError, UsageError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi")
+WRITABLE_VIDEO = (".mp4", ".mov", ".mkv", ".m4v")  # H.264 in these containers
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+DEFAULT_FPS = Fraction(25)  # a folder of frames says no rate
+CRF = 18  # x264's constant rate factor: visually lossless for most footage
+
+
+@dataclasses.dataclass
+class Clip:
+    """Frames of one size, float32 (h, w, 3) RGB in [0, 1], their rate, and where their sound is (if any)."""
+
+    frames: list[np.ndarray]
+    fps: Fraction
+    audio: pathlib.Path | None = None
+    names: list[str] = dataclasses.field(default_factory=list)  # a folder's frame names
+
+
+def _av():
+    try:
+        import av
+    except ImportError:
+        raise JaxstyleError("video files need PyAV: pip install 'jaxstyle[video]'") from None
+    av.logging.set_level(av.logging.ERROR)
+    return av
+
+
+def read_clip(source: str | os.PathLike, *, start: int = 0, end: int | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Clip:
+    """The frames ``start`` to ``end`` (exclusive; None: the last) of a video file, a GIF, or a folder or
+    glob of image files (in name order).
+
+    Raises:
+      UsageError: the source is missing, unreadable, empty in that range, or its frames differ in size.
+    """
+    text = str(source)
+    path = pathlib.Path(source)
+    if any(c in text for c in "*?[") and not path.exists():
+        clip = _read_frames(sorted(pathlib.Path(p) for p in glob.glob(text)), text, max_pixels, start, end)
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+        clip = _read_frames(files, text, max_pixels, start, end)
+    elif not path.is_file():
+        raise UsageError(f"video {text!r} does not exist")
+    elif path.suffix.lower() == ".gif":
+        clip = _read_gif(path, start, end)
+    else:
+        clip = _read_video(path, start, end)
+    if not clip.frames:
+        raise UsageError(f"{text!r} has no frames from {start} to {'the end' if end is None else end}")
+    first = clip.frames[0].shape
+    for i, frame in enumerate(clip.frames[1:], 1):
+        if frame.shape != first:
+            what = clip.names[i] if clip.names else f"frame {start + i}"
+            raise UsageError(f"{what} of {text!r} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
+                             f"{first[1]}x{first[0]}; give frames of one size")
+    return clip
+
+
+def _read_frames(files: list[pathlib.Path], text: str, max_pixels: int, start: int, end: int | None) -> Clip:
+    if not files:
+        raise UsageError(f"{text!r} holds no image files ({', '.join(FRAME_EXTENSIONS)})")
+    chosen = files[start:end]
+    return Clip([images.load_image(p, max_pixels=max_pixels) for p in chosen], DEFAULT_FPS,
+                names=[p.name for p in chosen])
+
+
+def _read_gif(path: pathlib.Path, start: int, end: int | None) -> Clip:
+    try:
+        with Image.open(path) as im:
+            durations, frames = [], []
+            for i, frame in enumerate(ImageSequence.Iterator(im)):
+                if end is not None and i >= end:
+                    break
+                durations.append(frame.info.get("duration", 100) or 100)
+                if i >= start:
+                    frames.append(np.asarray(frame.convert("RGB"), np.float32) / 255)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UsageError(f"cannot read GIF {str(path)!r}: {e}") from e
+    fps = Fraction(1000) / Fraction(int(np.median(durations))) if durations else DEFAULT_FPS
+    return Clip(frames, fps)
+
+
+def _read_video(path: pathlib.Path, start: int, end: int | None) -> Clip:
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UsageError(f"{str(path)!r} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
+            frames = []
+            for i, frame in enumerate(container.decode(stream)):
+                if end is not None and i >= end:
+                    break
+                if i >= start:
+                    pixels = frame.to_ndarray(format="rgb24")
+                    frames.append(np.rot90(pixels, (frame.rotation or 0) // 90).astype(np.float32) / 255)
+            audio = path if container.streams.audio else None
+    except av.error.FFmpegError as e:
+        raise UsageError(f"cannot read video {str(path)!r}: {e}") from e
+    return Clip([np.ascontiguousarray(f) for f in frames], Fraction(fps), audio)
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """What ``path`` will be: "video", "gif" or "frames" (a folder); refuses a format that cannot be written
+    and an existing output unless ``overwrite``."""
+    path = pathlib.Path(path)
+    suffix = path.suffix.lower()
+    kind = "gif" if suffix == ".gif" else "video" if suffix in WRITABLE_VIDEO else "frames" if not suffix else None
+    if kind is None:
+        raise UsageError(f"cannot write a clip as {str(path)!r}: use a video file "
+                         f"({', '.join(WRITABLE_VIDEO)}), a .gif, or a folder name without an extension")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise UsageError(f"{str(path)!r} already exists; pass `overwrite` to replace it")
+    return kind
+
+
+def write_clip(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: Fraction, *,
+               audio: pathlib.Path | None = None, overwrite: bool = False) -> None:
+    """Write frames (h, w, 3) in [0, 1] as a video (H.264, the sound of ``audio`` copied up to the
+    last frame), a GIF, or a folder of PNG frames (``frame00001.png``, ...), all or nothing.
+
+    H.264 in 4:2:0 needs even sides: a video drops an odd last row or column (a GIF or a folder keeps
+    every pixel).
+    """
+    path = pathlib.Path(path)
+    kind = check_output(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "frames":
+        _write_frames(path, frames)
+        return
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if kind == "gif":
+            _write_gif(pathlib.Path(temp), frames, fps)
+        else:
+            _write_video(pathlib.Path(temp), frames, fps, audio)
+        os.replace(temp, path)
+    except BaseException:
+        pathlib.Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _as_bytes(frame: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(np.asarray(frame, np.float32), 0, 1) * 255).astype(np.uint8)
+
+
+def _write_frames(path: pathlib.Path, frames: Sequence[np.ndarray]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for i, frame in enumerate(frames, 1):
+        images.save_image(partial / f"frame{i:05d}.png", frame)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(partial, path)
+
+
+def _write_gif(path: pathlib.Path, frames: Sequence[np.ndarray], fps: Fraction) -> None:
+    pictures = [Image.fromarray(_as_bytes(f)) for f in frames]
+    pictures[0].save(path, "GIF", save_all=True, append_images=pictures[1:], loop=0,
+                     duration=max(20, round(1000 / fps)))  # browsers slow delays under 20 ms down
+
+
+def _write_video(path: pathlib.Path, frames: Sequence[np.ndarray], fps: Fraction, audio: pathlib.Path | None):
+    av = _av()
+    h, w = (s - s % 2 for s in frames[0].shape[:2])
+    if not (h and w):
+        raise UsageError(f"a video needs frames of at least 2x2 pixels, got {frames[0].shape[1]}x{frames[0].shape[0]}")
+    fps = Fraction(fps).limit_denominator(100_000)
+    try:
+        with av.open(str(path), "w") as out, contextlib.ExitStack() as stack:
+            stream = out.add_stream("libx264", rate=fps, options={"crf": str(CRF)})
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            src = None if audio is None else stack.enter_context(av.open(str(audio)))
+            sound = src.streams.audio[0] if src is not None and src.streams.audio else None
+            copy = None if sound is None else out.add_stream_from_template(sound)  # before the first packet
+            for i, frame in enumerate(frames):
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(_as_bytes(frame)[:h, :w]), format="rgb24")
+                picture.pts, picture.time_base = i, 1 / fps
+                out.mux(stream.encode(picture))
+            out.mux(stream.encode())  # flush the encoder
+            if sound is not None:
+                _copy_packets(src, sound, out, copy, len(frames) / fps)
+    except av.error.FFmpegError as e:
+        raise JaxstyleError(f"cannot encode {str(path)!r}: {e}") from e
+
+
+def _copy_packets(src, sound, out, copy, seconds: Fraction) -> None:
+    """Copy the packets of stream ``sound`` into ``copy`` without re-encoding, up to ``seconds``."""
+    for packet in src.demux(sound):
+        if packet.dts is None:
+            continue  # the demuxer's final empty packet
+        if packet.pts is not None and packet.pts * packet.time_base >= seconds:
+            break
+        packet.stream = copy
+        out.mux(packet)
