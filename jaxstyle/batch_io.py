@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from jaxstyle import images
 from jaxstyle.errors import UsageError
 
 BUCKET_POLICIES = ("pad", "crop", "exact")
@@ -149,7 +150,6 @@ def contact_sheet(tiles: Sequence[np.ndarray], labels: Sequence[str], *, columns
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         x = gap + (i % columns) * (cell_w + gap)
         y = gap + (i // columns) * (cell_h + text_h + gap)
-        pixels = np.round(np.clip(np.asarray(tile), 0, 1) * 255).astype(np.uint8)
-        sheet.paste(Image.fromarray(pixels), (x, y))
+        sheet.paste(Image.fromarray(images.to_8bit(tile)), (x, y))
         draw.multiline_text((x, y + cell_h + gap // 2), label, fill="black", font=font)
     return np.asarray(sheet, np.float32) / 255

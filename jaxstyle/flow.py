@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxstyle import images
 from jaxstyle._files import atomic_write_bytes
 from jaxstyle.errors import JaxstyleError
 
@@ -40,8 +41,7 @@ def _cv2():
 def _gray(frame: np.ndarray) -> np.ndarray:
     """An RGB frame in [0, 1] as the 8-bit grey image DIS takes (ITU-R BT.601 luma, as OpenCV's)."""
     cv2 = _cv2()
-    rgb = np.round(np.clip(frame, 0, 1) * 255).astype(np.uint8)
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(np.ascontiguousarray(images.to_8bit(frame)), cv2.COLOR_RGB2GRAY)
 
 
 def optical_flow(a: np.ndarray, b: np.ndarray, preset: str = "medium") -> np.ndarray:

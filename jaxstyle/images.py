@@ -697,6 +697,11 @@ def _quantize(pixels: np.ndarray, levels: int, dtype: type) -> np.ndarray:
     return np.round(pixels * levels).astype(dtype)
 
 
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] (values outside are clipped) as uint8 levels, rounded to the nearest."""
+    return _quantize(np.clip(np.asarray(image, np.float32), 0, 1), 255, np.uint8)
+
+
 def _encode_pillow(fmt: str, pixels: np.ndarray, text: dict[str, str]) -> bytes:
     im = Image.fromarray(_quantize(pixels, 255, np.uint8))
     options: dict[str, object] = {}

@@ -42,9 +42,7 @@ def warp(image: jax.Array, flow: jax.Array) -> jax.Array:
     Returns:
       An array of ``image``'s shape and dtype.
     """
-    h, w = flow.shape[:2]
-    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=flow.dtype), jnp.arange(w, dtype=flow.dtype), indexing="ij")
-    coordinates = (rows + flow[..., 1], cols + flow[..., 0])
+    coordinates = _sources(flow)
 
     def sample(channel):
         return map_coordinates(channel, coordinates, order=1, mode="nearest")
@@ -52,6 +50,13 @@ def warp(image: jax.Array, flow: jax.Array) -> jax.Array:
     if image.ndim == 2:
         return sample(image)
     return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+
+def _sources(flow: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(y + dy, x + dx) at every pixel (y, x): where ``flow`` says each pixel's content comes from."""
+    h, w = flow.shape[:2]
+    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=flow.dtype), jnp.arange(w, dtype=flow.dtype), indexing="ij")
+    return rows + flow[..., 1], cols + flow[..., 0]
 
 
 def reliable(forward: jax.Array, backward: jax.Array) -> jax.Array:
@@ -72,8 +77,7 @@ def reliable(forward: jax.Array, backward: jax.Array) -> jax.Array:
     dy, dx = jnp.gradient(backward, axis=(0, 1))  # central differences, one-sided at the edges
     boundary = jnp.sum(dx ** 2 + dy ** 2, -1) > BOUNDARY[0] * jnp.sum(backward ** 2, -1) + BOUNDARY[1]
     h, w = backward.shape[:2]
-    rows, cols = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
-    y, x = rows + backward[..., 1], cols + backward[..., 0]
+    y, x = _sources(backward)
     outside = (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
     return (~(occluded | boundary | outside)).astype(backward.dtype)
 

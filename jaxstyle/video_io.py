@@ -175,10 +175,6 @@ def write_clip(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: Fract
         raise
 
 
-def _as_bytes(frame: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(np.asarray(frame, np.float32), 0, 1) * 255).astype(np.uint8)
-
-
 def _write_frames(path: pathlib.Path, frames: Sequence[np.ndarray]) -> None:
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -190,7 +186,7 @@ def _write_frames(path: pathlib.Path, frames: Sequence[np.ndarray]) -> None:
 
 
 def _write_gif(path: pathlib.Path, frames: Sequence[np.ndarray], fps: Fraction) -> None:
-    pictures = [Image.fromarray(_as_bytes(f)) for f in frames]
+    pictures = [Image.fromarray(images.to_8bit(f)) for f in frames]
     pictures[0].save(path, "GIF", save_all=True, append_images=pictures[1:], loop=0,
                      duration=max(20, round(1000 / fps)))  # browsers slow delays under 20 ms down
 
@@ -209,7 +205,7 @@ def _write_video(path: pathlib.Path, frames: Sequence[np.ndarray], fps: Fraction
             sound = src.streams.audio[0] if src is not None and src.streams.audio else None
             copy = None if sound is None else out.add_stream_from_template(sound)  # before the first packet
             for i, frame in enumerate(frames):
-                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(_as_bytes(frame)[:h, :w]), format="rgb24")
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(images.to_8bit(frame)[:h, :w]), format="rgb24")
                 picture.pts, picture.time_base = i, 1 / fps
                 out.mux(stream.encode(picture))
             out.mux(stream.encode())  # flush the encoder
