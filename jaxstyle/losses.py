@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxstyle.config import STYLE_LOSSES
+from jaxstyle.temporal import References, references_loss
 
 
 def gram_matrix(features: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -307,12 +308,15 @@ class Targets:
       masks: one entry per region: layer name -> (h_l, w_l) weights of the
         output's positions that take that region's style, or None for everywhere.
       kind: the style loss, "gram" or "mean_cov" (static: part of the program).
+      temporal: for a frame of a video, the earlier stylized frames warped onto
+        it and where each can be trusted (`jaxstyle.temporal.References`); None otherwise.
     """
 
     content: dict[str, jax.Array]
     style: tuple[dict[str, Any], ...]
     masks: tuple[dict[str, jax.Array] | None, ...]
     kind: str = struct.field(pytree_node=False, default="gram")
+    temporal: References | None = None
 
 
 @struct.dataclass
@@ -326,6 +330,7 @@ class Weights:
       content_layers: layer name -> :math:`a_l` (already multiplied by its normaliser).
       style_layers: per style region, layer name -> :math:`b_l` (times the
         region's weight and its normaliser).
+      temporal: the weight of the temporal term of a video frame, scalar (None: no such term).
     """
 
     content: jax.Array
@@ -333,6 +338,7 @@ class Weights:
     tv: jax.Array
     content_layers: dict[str, jax.Array]
     style_layers: tuple[dict[str, jax.Array], ...]
+    temporal: jax.Array | None = None
 
 
 def region_statistics(features: Mapping[str, jax.Array], layers: Sequence[str], kind: str,
@@ -362,7 +368,8 @@ def loss_terms(image: jax.Array, features: Mapping[str, jax.Array], targets: Tar
       weights: the loss weights.
     Returns:
       ``{"content": \alpha \sum_l a_l L^l_c, "style": \beta \sum_l b_l L^l_s,
-      "tv": \gamma TV(x)}``, float32 scalars.
+      "tv": \gamma TV(x)}``, float32 scalars; for a video frame also
+      ``"temporal"`` (`jaxstyle.temporal.references_loss` times its weight).
     """
     layers = tuple(dict.fromkeys(name for region in targets.style for name in region))
     return loss_terms_of_statistics(image, features, region_statistics(features, layers, targets.kind, targets.masks),
@@ -391,11 +398,14 @@ def loss_terms_of_statistics(image: jax.Array, content_features: Mapping[str, ja
     style = sum(layer_weights[name] * statistics_distance(stats[name], target, targets.kind)
                 for region, stats, layer_weights in zip(targets.style, style_stats, weights.style_layers)
                 for name, target in region.items())
-    return {
+    terms = {
         "content": weights.content * content,
         "style": weights.style * style,
         "tv": weights.tv * total_variation(image),
     }
+    if targets.temporal is not None:  # a video frame (Ruder et al.), see `jaxstyle.temporal`
+        terms["temporal"] = weights.temporal * references_loss(image, targets.temporal)
+    return terms
 
 
 def total_loss(image: jax.Array, features: Mapping[str, jax.Array], targets: Targets,

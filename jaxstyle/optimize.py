@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxstyle import color, losses, plan, sharding, step, vgg
+from jaxstyle.temporal import References
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import JaxstyleError, UsageError
 from jaxstyle.step import CHUNK, Network  # noqa: F401 (the driver's public vocabulary)
@@ -140,8 +141,10 @@ def stylize(content: np.ndarray | jax.Array, style: np.ndarray | jax.Array | Seq
 
 
 def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray | jax.Array], network: Network,
-        configs: Sequence[StylizeConfig], *, ids: Sequence[int] | None = None, init: str | np.ndarray | None = None,
+        configs: Sequence[StylizeConfig], *, ids: Sequence[int] | None = None,
+        init: str | np.ndarray | Sequence[np.ndarray] | None = None,
         masks: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+        temporal: Sequence[References] | None = None, temporal_weight: float = 0.0,
         callback: Callable[[Progress], None] | None = None, report_every: int = CHUNK,
         resume: Checkpoint | None = None, layout: sharding.Layout | None = None,
         size: int | None = None) -> list[np.ndarray | NonFiniteLoss]:
@@ -156,10 +159,15 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
       ids: what the items are called in `Progress.items` (default 0, 1, ...).
       init: overrides ``config.init`` with an image array (resized to each item,
         at the first scale; `plan.continuing` gives the run that continues a
-        finished smaller output instead, as the command line's ``--init`` does).
+        finished smaller output instead, as the command line's ``--init`` does),
+        or a list of them, one per item (a video's frames, `jaxstyle.video`).
       masks: optional, one ``(content_mask, style_mask)`` pair per style image,
         each (h, w) in [0, 1]: the region of the output that takes that style,
         and the region of the style image it is taken from (shared by all items).
+      temporal: for the frames of a video, each item's references (earlier
+        stylized frames warped onto it, and their masks), at any size: they
+        are resized to each scale. The objective gains ``temporal_weight``
+        times `jaxstyle.temporal.references_loss`.
       callback: called with a `Progress` every ``report_every`` steps and at
         the end of each scale.
       report_every: steps between callbacks; steps run in chunks of at most
@@ -181,7 +189,7 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
     styles = [jnp.asarray(s, jnp.float32) for s in styles]
     contents = [jnp.asarray(c, jnp.float32) for c in contents]
     model = step.configured(network.model, configs[0]) if configs else network.model
-    _check(contents, styles, model, configs, init, masks, layout)
+    _check(contents, styles, model, configs, init, masks, temporal, layout)
     config = configs[0]
     params = layout.share(jax.device_put(network.params))  # not copied again at every chunk
     size = size or plan.program_size(len(configs), None, layout.devices)
@@ -195,7 +203,8 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
         if resume is not None and k < resume.scale:
             continue
         loop.model = model = step.configured(network.model, config, scale)  # whole or in strips at this scale
-        goal = _scale(model, params, contents, styles, configs, masks, scale, layout, size)
+        goal = _scale(model, params, contents, styles, configs, masks, scale, layout, size,
+                      temporal, temporal_weight)
         carry, done = _start(loop, goal, carry, resume if resume is not None and k == resume.scale else None,
                              config.init if init is None else init)
         carry = loop.steps(goal, carry, k, done)
@@ -204,7 +213,8 @@ def run(contents: Sequence[np.ndarray | jax.Array], styles: Sequence[np.ndarray 
     return _finish(loop, carry, contents, config)
 
 
-def _check(contents, styles, model: vgg.VGG, configs: Sequence[StylizeConfig], init, masks, layout) -> None:
+def _check(contents, styles, model: vgg.VGG, configs: Sequence[StylizeConfig], init, masks, temporal,
+           layout) -> None:
     """Refuse inputs that do not fit, before any compute (the same checks the command line makes)."""
     if not configs or len(contents) not in (1, len(configs)):
         raise UsageError(f"{len(contents)} content images for {len(configs)} items; give one, or one per item")
@@ -222,6 +232,12 @@ def _check(contents, styles, model: vgg.VGG, configs: Sequence[StylizeConfig], i
         raise UsageError("the content images of one program must have one shape at every scale")
     if isinstance(init, str) and init not in ("content", "noise"):
         raise UsageError(f"`init` must be 'content', 'noise' or an image array, got {init!r}")
+    if isinstance(init, (list, tuple)) and len(init) != len(configs):
+        raise UsageError(f"{len(init)} starting images for {len(configs)} items; give one per item")
+    if temporal is not None and (len(temporal) != len(configs)
+                                 or len({np.shape(r.frames)[0] for r in temporal}) != 1):
+        raise UsageError(f"{len(temporal)} temporal references for {len(configs)} items; give one per item, "
+                         "each with the same number of frames")
     plan.check_layout(config, rows=layout.kind == "rows")
     plan.check_layers(config, model.blocks)
     plan.check_styles(config, len(styles), None if masks is None else len(masks))
@@ -241,7 +257,8 @@ def _blend(config: StylizeConfig, n_styles: int) -> np.ndarray:
 
 
 def _scale(model: vgg.VGG, params, contents: list[jax.Array], styles: list[jax.Array],
-           configs: Sequence[StylizeConfig], masks, scale: int, layout: sharding.Layout, size: int) -> _Scale:
+           configs: Sequence[StylizeConfig], masks, scale: int, layout: sharding.Layout, size: int,
+           temporal: Sequence[References] | None, temporal_weight: float) -> _Scale:
     """The targets and weights of every item at the scale of longest side ``scale``, laid out for the program."""
     config, blend = configs[0], _blend(configs[0], len(styles))
     hw = plan.output_shape(contents[0].shape, scale)
@@ -263,6 +280,8 @@ def _scale(model: vgg.VGG, params, contents: list[jax.Array], styles: list[jax.A
     weights = [step.loss_weights(c, losses.Targets(content[i if len(content) > 1 else 0],
                                                    style[i if len(style) > 1 else 0], region, config.style_loss),
                                  blend) for i, c in enumerate(configs)]
+    if temporal is not None:
+        weights = [w.replace(temporal=jnp.float32(temporal_weight)) for w in weights]
     axes = sharding.ItemAxes(content=0 if len(content) > 1 else None, style=0 if per_item_style else None)
     fitted = layout.fit(model, (*config.content_layers, *config.style_layers), hw[0])
 
@@ -271,9 +290,20 @@ def _scale(model: vgg.VGG, params, contents: list[jax.Array], styles: list[jax.A
         return fitted.share(trees[0]) if axis is None else fitted.place(_pad(_stack(trees), size), ())
 
     targets = losses.Targets(content=laid_out(content, axes.content), style=laid_out(style, axes.style),
-                             masks=fitted.share(region), kind=config.style_loss)
+                             masks=fitted.share(region), kind=config.style_loss,
+                             temporal=None if temporal is None else laid_out([_resized(r, hw) for r in temporal], 0))
     return _Scale(content=jnp.stack([c for c, _ in prepared]), targets=targets, weights=laid_out(weights, 0),
                   axes=axes, layout=fitted)
+
+
+def _resized(references: References, hw: Sequence[int]) -> References:
+    """A frame's temporal references at the scale of shape ``hw``."""
+    frames = jnp.asarray(references.frames, jnp.float32)
+    masks = jnp.asarray(references.masks, jnp.float32)
+    if tuple(frames.shape[1:3]) == tuple(hw):
+        return References(frames, masks)
+    return References(jax.vmap(lambda f: step.resize(f, hw))(frames),
+                      jnp.clip(jax.vmap(lambda m: step.resize_field(m[..., None], hw)[..., 0])(masks), 0.0, 1.0))
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -297,7 +327,8 @@ def _start(loop: "_Loop", goal: _Scale, carry, resume: Checkpoint | None, init) 
     if resume is not None:
         carry, done = (resume.images, resume.states, resume.emas), resume.step
     elif carry is None:
-        images = [step.initial_image(init, goal.content[i if len(goal.content) > 1 else 0], c.seed)
+        own = isinstance(init, (list, tuple))  # one starting image per item
+        images = [step.initial_image(init[i] if own else init, goal.content[i if len(goal.content) > 1 else 0], c.seed)
                   for i, c in enumerate(configs)]
         states = [step.init_state(config.optimizer, im, c.lr) for im, c in zip(images, configs)]
         carry = (jnp.stack(images), _stack(states), _stack([step.init_average(config.ema_decay, im) for im in images])
@@ -380,7 +411,7 @@ def _report_terms(model: vgg.VGG, params, images, targets: losses.Targets, weigh
                   axes: sharding.ItemAxes) -> dict[str, jax.Array]:
     """The loss terms of each item, for progress reports."""
     own, rebuild = axes.split(targets)
-    return sharding.for_each_item(lambda im, c, s, w: step.loss_terms(model, params, im, rebuild(c, s), w),
+    return sharding.for_each_item(lambda im, c, s, t, w: step.loss_terms(model, params, im, rebuild(c, s, t), w),
                                   (images, *own, weights))
 
 

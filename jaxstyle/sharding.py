@@ -43,6 +43,9 @@ ROWS = "rows"
 class ItemAxes:
     """Which targets each item has its own of and which all items share.
 
+    A video frame's temporal references (`losses.Targets.temporal`), when
+    there are any, are always the item's own.
+
     Attributes:
       content: 0 if each item has its own content activations (a batch of
         photos), None if all share them (a sweep's one content image).
@@ -53,14 +56,15 @@ class ItemAxes:
     content: int | None
     style: int | None
 
-    def split(self, targets: losses.Targets) -> tuple[tuple, Callable[[Any, Any], losses.Targets]]:
+    def split(self, targets: losses.Targets) -> tuple[tuple, Callable[..., losses.Targets]]:
         """``(own, rebuild)``: the per-item parts of ``targets`` (None where shared), and
-        ``rebuild(content, style)``, one item's `losses.Targets` from its parts."""
-        own = (targets.content if self.content == 0 else None, targets.style if self.style == 0 else None)
+        ``rebuild(content, style, temporal)``, one item's `losses.Targets` from its parts."""
+        own = (targets.content if self.content == 0 else None, targets.style if self.style == 0 else None,
+               targets.temporal)
 
-        def rebuild(content, style) -> losses.Targets:
+        def rebuild(content, style, temporal) -> losses.Targets:
             return targets.replace(content=targets.content if content is None else content,
-                                   style=targets.style if style is None else style)
+                                   style=targets.style if style is None else style, temporal=temporal)
 
         return own, rebuild
 
@@ -95,8 +99,8 @@ def chunks(model: vgg.VGG, params, images: jax.Array, states, ema_states, target
     """
     own, rebuild = axes.split(targets)
 
-    def one(image, state, ema_state, content, style, w):
-        return step.chunk(model, params, image, state, ema_state, rebuild(content, style), w, n,
+    def one(image, state, ema_state, content, style, temporal, w):
+        return step.chunk(model, params, image, state, ema_state, rebuild(content, style, temporal), w, n,
                           optimizer=optimizer, ema_decay=ema_decay)
 
     return for_each_item(one, (images, states, ema_states, *own, weights), sequential=optimizer == "lbfgs")
@@ -111,7 +115,8 @@ _run_single = jax.jit(chunks, static_argnames=_STATIC, donate_argnames=_DONATED)
 def _run_batch(model, params, images, states, ema_states, targets, weights, n, *, optimizer, ema_decay, axes, mesh):
     item, shared = P(mesh.axis_names[0]), P()
     target_specs = losses.Targets(content=item if axes.content == 0 else shared,
-                                  style=item if axes.style == 0 else shared, masks=shared, kind=targets.kind)
+                                  style=item if axes.style == 0 else shared, masks=shared, kind=targets.kind,
+                                  temporal=None if targets.temporal is None else item)
 
     def local(params, images, states, ema_states, targets, weights, n):  # this device's block of items
         return chunks(model, params, images, states, ema_states, targets, weights, n, optimizer=optimizer,

@@ -22,8 +22,11 @@ over the frames of a clip.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.scipy.ndimage import map_coordinates
 
 # The thresholds of Ruder et al. (2016), section 3.2: the flows are inconsistent where the
@@ -94,3 +97,71 @@ def temporal_loss(image: jax.Array, warped: jax.Array, mask: jax.Array) -> jax.A
       mask: (h, w) weights in [0, 1], e.g. `reliable`.
     """
     return jnp.mean(mask[..., None] * (image - warped) ** 2)
+
+
+@struct.dataclass
+class References:
+    """What one frame of a video is held to: other stylized frames, warped onto its grid.
+
+    Attributes:
+      frames: (k, h, w, 3) the stylized frames, warped onto this frame (`warp`).
+      masks: (k, h, w) in [0, 1]: where each can be trusted (`reliable`); all 0 for a missing one.
+    """
+
+    frames: jax.Array
+    masks: jax.Array
+
+
+def references_loss(image: jax.Array, references: References) -> jax.Array:
+    """The sum of the `temporal_loss` of ``image`` (h, w, 3) to each of its references (a float32 scalar)."""
+    return jnp.sum(jax.vmap(lambda frame, mask: temporal_loss(image, frame, mask))(references.frames,
+                                                                                    references.masks))
+
+
+def chain(backward: Sequence[jax.Array], masks: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The flows and masks from a frame back to each of the frames before it, composed from neighbours'.
+
+    Args:
+      backward: flow(i -> i - 1), flow(i - 1 -> i - 2), ..., nearest first, each
+        (h, w, 2) on the grid of the later frame of its pair.
+      masks: where each of those can be trusted (`reliable`), (h, w), nearest first.
+    Returns:
+      ``(flows, masks)``, nearest first: flow(i -> i - g) and its mask on frame
+      i's grid, for g = 1, 2, ...: a pixel of frame i is carried back one
+      frame at a time, and trusted only if every step of the way is.
+    """
+    flow, mask = backward[0], masks[0]
+    flows, trusted = [flow], [mask]
+    for earlier, earlier_mask in zip(backward[1:], masks[1:]):
+        mask = mask * warp(earlier_mask, flow)  # the next step starts where this one ends
+        flow = flow + warp(earlier, flow)
+        flows.append(flow)
+        trusted.append(mask)
+    return flows, trusted
+
+
+def long_term_masks(masks: jax.Array) -> jax.Array:
+    r"""Ruder et al.'s long-term masks: each pixel held only to the nearest earlier frame that shows it.
+
+    .. math:: c^{\mathrm{long}}_{j} = \max\big(c_{j} - \textstyle\sum_{k < j} c_{k},\ 0\big)
+
+    Args:
+      masks: (k, h, w) in [0, 1], nearest earlier frame first.
+    Returns:
+      (k, h, w): the first mask unchanged, each later one zero where a nearer frame is trusted.
+    """
+    nearer = jnp.cumsum(masks, axis=0) - masks
+    return jnp.clip(masks - nearer, 0.0, 1.0)
+
+
+def blend(image: jax.Array, warped: jax.Array, mask: jax.Array, amount: float) -> jax.Array:
+    r"""A frame mixed with its warped neighbour where the flow is trusted (Ruder et al. 2018's multi-pass step):
+
+    .. math:: x' = \delta \, c \odot \omega(x_{j \mp 1}) + (1 - \delta \, c) \odot x_j
+
+    Args:
+      image: the frame, (h, w, 3); warped: its neighbour warped onto it, (h, w, 3).
+      mask: (h, w) in [0, 1] (`reliable`); amount: :math:`\delta` in [0, 1].
+    """
+    weight = amount * mask[..., None]
+    return weight * warped + (1.0 - weight) * image
