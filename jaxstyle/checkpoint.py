@@ -120,9 +120,9 @@ def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,
     path = pathlib.Path(path)
     name = repr(str(path))
     arrays, scale, step_done, has_ema, saved_run = _read(path, name)
-    differences = _differences(saved_run, run)
-    if differences:
-        raise UsageError(f"checkpoint {name} belongs to another run: {'; '.join(differences)}; "
+    differ = differences(saved_run, run)
+    if differ:
+        raise UsageError(f"checkpoint {name} belongs to another run: {'; '.join(differ)}; "
                          "resume with the same settings and inputs, or delete it to start afresh")
 
     def bad(what: str) -> UsageError:
@@ -192,8 +192,8 @@ def _tree(arrays: Mapping[str, np.ndarray], prefix: str, template: Any, bad) -> 
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """What differs between two `run_record`s, as short phrases."""
+def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between two `run_record`s (an earlier run's and this one's), as short phrases."""
     out = []
     old, new = saved.get("settings", {}), current["settings"]
     for key in sorted(set(old) | set(new)):

@@ -20,7 +20,7 @@ import traceback
 from typing import Any, Sequence
 
 from jaxstyle import __version__, runtime
-from jaxstyle.config import RunOptions, StylizeConfig, as_flags, flag
+from jaxstyle.config import RunOptions, StylizeConfig, VideoConfig, as_flags, flag
 from jaxstyle.errors import JaxstyleError, Stopped, UsageError
 
 DEMO = "chelsea.png in the style of van_gogh_auvers.png, both bundled"
@@ -30,6 +30,12 @@ RUN_EPILOG = ("Files beside an output OUT (named after its full name, e.g. out.p
               "OUT.last-finite.png, the last picture with a finite loss when the loss becomes NaN or Inf (exit "
               "code 1); OUT.stepNNNNN.png with --save-every. Errors are one line on stderr, with exit code 2 for "
               "bad options or inputs and 1 for failures while running; --debug shows the traceback.")
+VIDEO_EPILOG = ("Files beside an output OUT while the run is unfinished: OUT.unfinished/, holding the optical flows, "
+                "the finished frames and a checkpoint of the frames in progress (saved every --checkpoint-every "
+                "steps and when the run is interrupted by Ctrl-C, SIGTERM or SIGHUP: exit code 130, 143, 129); "
+                "--resume continues it, and it is removed when OUT is written. Errors are one line on stderr, with "
+                "exit code 2 for bad options or inputs and 1 for failures while running; --debug shows the "
+                "traceback.")
 BATCH_SIZE = 4  # images per compiled program of `jaxstyle batch`
 # The settings `jaxstyle sweep` takes several values of (a subset of `plan.SWEEPABLE`), with their item type.
 SWEEP_FLAGS = {"content_weight": float, "style_weight": float, "tv_weight": float, "lr": float, "seed": int}
@@ -100,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_batch_parser(sub)
     _add_sweep_parser(sub)
+    _add_video_parser(sub)
 
     w = sub.add_parser("weights", help="fetch or inspect the VGG19 weights").add_subparsers(
         dest="weights_command", required=True, parser_class=_Parser)
@@ -115,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_parser(sub, name: str, summary: str, description: str, *, masks: bool = False,
                 **kwargs: Any) -> argparse.ArgumentParser:
     """A command that optimises: every `StylizeConfig` and `RunOptions` field as a flag, and masks."""
-    p = sub.add_parser(name, help=summary, description=description, epilog=RUN_EPILOG, **kwargs)
+    p = sub.add_parser(name, help=summary, description=description, **{"epilog": RUN_EPILOG, **kwargs})
     add_config_arguments(p)
     add_config_arguments(p.add_argument_group("running"), RunOptions)
     if masks:
@@ -192,6 +199,29 @@ def _add_sweep_parser(sub) -> None:
                         "setting)")
 
 
+def _add_video_parser(sub) -> None:
+    p = _run_parser(
+        sub, "video", "stylize a video or a folder of frames without flicker (Ruder et al.)",
+        "Paint every frame of INPUT (a video file such as .mp4 or .gif, a folder of frames, or a quoted glob) in "
+        "the style of STYLE and write OUT: a video (.mp4, .mov, .mkv, .m4v; H.264, at the source's frame rate, with "
+        "its sound when the clip starts at its first frame), a .gif, or a folder of PNG frames (a name without an "
+        "extension). Every setting means what it means for `jaxstyle stylize`, per frame. Frames are tied to their "
+        "neighbours along the optical flow (OpenCV DIS), computed once. An unfinished run keeps its flows and "
+        "finished frames in OUT.unfinished/ and continues with --resume. Needs the video extra: "
+        "pip install 'jaxstyle[video]'.", epilog=VIDEO_EPILOG)
+    p.add_argument("input", metavar="INPUT", help="video file, folder of frames, or glob pattern (quoted)")
+    p.add_argument("--style", required=True, nargs="+", help="style image(s) (paintings)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output video (.mp4, .mov, .mkv, .m4v), .gif, or folder of frames (no extension)")
+    g = p.add_argument_group("which frames")
+    g.add_argument("--start", type=int, default=0, metavar="N", help="first frame, counted from 0 (default: 0)")
+    g.add_argument("--end", type=int, metavar="N", help="stop before this frame (default: the last)")
+    g.add_argument("--frames", type=int, metavar="N", help="take N frames from --start (instead of --end)")
+    g.add_argument("--fps", type=float, metavar="RATE",
+                   help="frame rate of the output (default: the source's; 25 for a folder of frames)")
+    add_config_arguments(p.add_argument_group("consistency over time"), VideoConfig)
+
+
 def _sweep_grid(args: argparse.Namespace) -> dict[str, list]:
     """The swept settings and their values; a setting given one value becomes an ordinary setting."""
     grid: dict[str, list] = {}
@@ -229,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.batch(args, config, options)
         if args.command == "sweep":
             return commands.sweep(args, config, options, grid)
+        if args.command == "video":
+            from jaxstyle import video_command
+
+            return video_command.video(args, config, options, config_from_args(args, VideoConfig))
         return commands.stylize(args, config, options)
     except JaxstyleError as e:
         if debug:

@@ -184,7 +184,7 @@ def say_plan(inputs: Inputs, chosen: memory.MemoryPlan, content_shape: Sequence[
         rate = report.remembered_speed(speed_key)
         line += (f"; {report.duration(sum(n * f for n, f in work) / rate)} of steps at the speed of the "
                  "last such run" if rate else "; the time left shows once the first steps have run")
-    _note(line)
+    note(line)
 
 
 def network(inputs: Inputs):
@@ -251,7 +251,7 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
                                   work, speed_key))
     with reporter.running(planned):
         [result] = optimize.run([content], inputs.styles, net, [planned], init=inputs.init, masks=inputs.masks,
-                                callback=reporter, report_every=_report_every(options), resume=state,
+                                callback=reporter, report_every=report_every(options), resume=state,
                                 layout=layout(options, many=False))
     if isinstance(result, optimize.NonFiniteLoss):
         return _diverged(result, side, metadata)
@@ -273,7 +273,7 @@ def output_alpha(content_path: pathlib.Path, options: RunOptions, shape: Sequenc
     return None if alpha is None else images.resize_to(alpha[..., None], tuple(shape[:2]))[..., 0]
 
 
-def _report_every(options: RunOptions) -> int:
+def report_every(options: RunOptions) -> int:
     """Steps between reports: snapshots and checkpoints fall on multiples of it."""
     from jaxstyle.step import CHUNK
 
@@ -316,7 +316,7 @@ class _Batch:
 
     def fail(self, name: str, message: str, reporter: report.Reporter | None = None) -> None:
         self.failed.append(name)
-        (reporter.note if reporter is not None else _note)(f"error: {message}; skipped")
+        (reporter.note if reporter is not None else note)(f"error: {message}; skipped")
 
     def prepared(self, i: int, exact: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
         """Input ``i`` resized to its exact shape (as `optimize.run` resizes), then padded or cropped to its bucket."""
@@ -352,8 +352,8 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     if process == 0:  # every process sees the same arguments; one reports them
         for arg, message in problems:
             run.fail(arg, message)
-        for note in notes:
-            _note(note)
+        for line in notes:
+            note(line)
     mine = list(range(process, len(contents), processes))
     todo = [i for i in mine if options.overwrite or not outs[i].exists()]
     resumed = _resumed_program(run, ckpt) if resume else None
@@ -374,8 +374,8 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     reporter.write_log(single=False)
     who = f" (process {process} of {processes})" if processes > 1 else ""
     inputs_seen = len(mine) + (len(problems) if process == 0 else 0)
-    _note(f"batch{who}: {inputs_seen} inputs: {run.written} written, {len(mine) - len(todo)} already done (skipped), "
-          f"{len(run.failed)} failed" + (f": {', '.join(run.failed)}" if run.failed else ""))
+    note(f"batch{who}: {inputs_seen} inputs: {run.written} written, {len(mine) - len(todo)} already done (skipped), "
+         f"{len(run.failed)} failed" + (f": {', '.join(run.failed)}" if run.failed else ""))
     return 1 if run.failed else 0
 
 
@@ -486,7 +486,7 @@ def _batch_program(run: _Batch, reporter: report.Reporter, net, lay, items: list
                                   history))
     results = optimize.run([image for _, _, image in items], run.inputs.styles, net,
                            [run.planned[shape]] * len(items), ids=[i for i, _, _ in items], init=run.inputs.init,
-                           callback=reporter, report_every=_report_every(run.inputs.options), resume=state,
+                           callback=reporter, report_every=report_every(run.inputs.options), resume=state,
                            layout=lay, size=size)
     for (i, exact, _), result in zip(items, results):
         if isinstance(result, optimize.NonFiniteLoss):
@@ -526,7 +526,8 @@ def _batch_pictures(run: _Batch, items: list, sides: dict, metadata: dict):
     return save
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
+    """One line on stderr, the command line's way (settings named as flags)."""
     print(f"jaxstyle: {as_flags(message)}", file=sys.stderr)
 
 
@@ -589,7 +590,7 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     failed = _write_sheet(sheet, [tiles[i] for i in range(len(points))], points, columns, metadata)
     reporter.write_log(single=False)
     if not options.quiet:
-        _note(f"wrote {len(points) - failed} images and the contact sheet {sheet}")
+        note(f"wrote {len(points) - failed} images and the contact sheet {sheet}")
     return 1 if failed else 0
 
 

@@ -155,6 +155,44 @@ def _check_choices(options: Any) -> None:
             raise UsageError(f"`{f.name}` must be one of {', '.join(map(str, choices))}, got {getattr(options, f.name)!r}")
 
 
+VIDEO_MODES = ("sequential", "multipass", "independent")
+FLOW_PRESETS = ("ultrafast", "fast", "medium")  # OpenCV DIS's, fastest first
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoConfig:
+    """How ``jaxstyle video`` ties the frames of a clip together (`jaxstyle.video`), beside the settings of
+    each frame (`StylizeConfig`)."""
+
+    mode: str = _field("sequential", "sequential: frame after frame, each started from the previous one warped "
+                       "along the optical flow and held to it (Ruder et al. 2016); multipass: a window of frames "
+                       "optimised together in passes alternating forward and backward in time (Ruder et al. 2018), "
+                       "one program split over all devices; independent: every frame on its own (flickers)",
+                       choices=VIDEO_MODES)
+    temporal_weight: float = _field(200.0, "weight of the temporal loss: the squared difference to the previous "
+                                    "stylized frame warped onto this one, where the flow is trusted")
+    long_term: int = _field(1, "sequential: hold each frame to this many earlier frames, 1, 2, 4, ... frames "
+                            "back, each pixel to the nearest that shows it (Ruder et al.'s long-term consistency)",
+                            metavar="N")
+    passes: int = _field(4, "multipass: passes over each window; the first paints from the content with half of "
+                         "--steps, the others share the rest", metavar="N")
+    window: int = _field(8, "multipass and independent: frames optimised together as one program, rounded up to "
+                         "a multiple of the device count", metavar="N")
+    blend: float = _field(0.5, "multipass: how much of its warped neighbour a frame takes before each pass (delta)")
+    flow_preset: str = _field("medium", "OpenCV DIS optical flow preset", choices=FLOW_PRESETS)
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
+        _check_choices(self)
+        if not self.temporal_weight >= 0:
+            raise UsageError(f"`temporal_weight` must be zero or positive, got {self.temporal_weight:g}")
+        for name in ("long_term", "passes", "window"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.blend <= 1:
+            raise UsageError(f"`blend` must be in [0, 1], got {self.blend:g}")
+
+
 # Save a run's state every 100 steps: a checkpoint is a few image-sized arrays
 # (4 MB at 384 px with Adam, 30 MB with L-BFGS), written in milliseconds, while
 # 100 steps take seconds on a GPU and minutes on a CPU; runs of the default 300
@@ -210,7 +248,8 @@ class RunOptions:
 
 
 # Options of the commands themselves (not settings), which messages also name.
-COMMAND_OPTIONS = ("batch_size", "distributed", "coordinator_address", "num_processes", "process_id", "columns")
+COMMAND_OPTIONS = ("batch_size", "distributed", "coordinator_address", "num_processes", "process_id", "columns",
+                   "start", "end", "frames", "fps")
 
 
 def flag(name: str) -> str:
@@ -220,5 +259,6 @@ def flag(name: str) -> str:
 
 def as_flags(message: str) -> str:
     """A library message as the command line says it: `` `style_blend` `` -> ``--style-blend``."""
-    names = {f.name for cls in (StylizeConfig, RunOptions) for f in dataclasses.fields(cls)} | set(COMMAND_OPTIONS)
+    names = ({f.name for cls in (StylizeConfig, RunOptions, VideoConfig) for f in dataclasses.fields(cls)}
+             | set(COMMAND_OPTIONS))
     return re.sub(r"`([a-z_]+)`", lambda m: flag(m[1]) if m[1] in names else m[0], message)

@@ -387,6 +387,26 @@ def programs(n: int, batch_size: int | None, devices: int = 1) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+def pass_configs(config: StylizeConfig, video) -> list[StylizeConfig]:
+    """The settings of each pass over a window of video frames (`jaxstyle.video`).
+
+    One pass of ``config`` in the independent mode. In the multipass mode the
+    first pass runs half of ``config.steps`` (its scales as configured), and
+    the later passes share the rest, at the output size only: a frame costs
+    what it costs alone.
+
+    Args:
+      config: the settings of every frame.
+      video: its `config.VideoConfig`.
+    """
+    if video.mode != "multipass" or video.passes == 1:
+        return [config]
+    first = math.ceil(config.steps / 2)
+    later = max(1, math.ceil((config.steps - first) / (video.passes - 1)))
+    rest = config.replace(steps=later, scale_steps=(later,), scales=(), multiscale=False)
+    return [config.replace(steps=first), *[rest] * (video.passes - 1)]
+
+
 def program_size(n: int, batch_size: int | None, devices: int = 1) -> int:
     """Items per compiled program: ``batch_size`` (default ``n``), at most ``n``, rounded up to ``devices``."""
     if batch_size is not None and batch_size < 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import logging
 import os
 import pathlib
 import shutil
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from jaxstyle import images
+from jaxstyle._files import usual_mode
 from jaxstyle.config import DEFAULT_MAX_PIXELS
 from jaxstyle.errors import JaxstyleError, UsageError
 
@@ -52,8 +54,23 @@ def _av():
         import av
     except ImportError:
         raise JaxstyleError("video files need PyAV: pip install 'jaxstyle[video]'") from None
-    av.logging.set_level(av.logging.ERROR)
+    av.logging.set_level(av.logging.ERROR)  # kept for the error messages (`last error log`)...
+    quiet = logging.getLogger("libav")  # ...which are not printed besides: an error is one line
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     return av
+
+
+def source_files(source: str | os.PathLike) -> list[pathlib.Path]:
+    """The files `read_clip` reads for ``source``: the video or GIF itself, or the frames of a folder or
+    glob in name order (none if there are none)."""
+    text, path = str(source), pathlib.Path(source)
+    if any(c in text for c in "*?[") and not path.exists():
+        return sorted(pathlib.Path(p) for p in glob.glob(text) if pathlib.Path(p).suffix.lower() in FRAME_EXTENSIONS)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+    return [path] if path.is_file() else []
 
 
 def read_clip(source: str | os.PathLike, *, start: int = 0, end: int | None = None,
@@ -66,11 +83,8 @@ def read_clip(source: str | os.PathLike, *, start: int = 0, end: int | None = No
     """
     text = str(source)
     path = pathlib.Path(source)
-    if any(c in text for c in "*?[") and not path.exists():
-        clip = _read_frames(sorted(pathlib.Path(p) for p in glob.glob(text)), text, max_pixels, start, end)
-    elif path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
-        clip = _read_frames(files, text, max_pixels, start, end)
+    if (any(c in text for c in "*?[") and not path.exists()) or path.is_dir():
+        clip = _read_frames(source_files(source), text, max_pixels, start, end)
     elif not path.is_file():
         raise UsageError(f"video {text!r} does not exist")
     elif path.suffix.lower() == ".gif":
@@ -169,6 +183,7 @@ def write_clip(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: Fract
             _write_gif(pathlib.Path(temp), frames, fps)
         else:
             _write_video(pathlib.Path(temp), frames, fps, audio)
+        usual_mode(temp)
         os.replace(temp, path)
     except BaseException:
         pathlib.Path(temp).unlink(missing_ok=True)

@@ -78,6 +78,27 @@ def check_sweep(network, content, style, facts):
     facts["sweep"] = _spec(seen[-1])
 
 
+def check_video(network, content, style, facts):
+    """A window of 6 video frames (padded to 8) over 4 devices, in 3 passes, equals the same on 1 device."""
+    from jaxstyle import flow, video
+    from jaxstyle.config import VideoConfig
+
+    cfg, settings = StylizeConfig(size=48, steps=12), VideoConfig(mode="multipass", passes=3, window=6)
+    frames = [np.ascontiguousarray(content[2 * i:2 * i + 40]) for i in range(6)]  # 48x40 crops of 48x64, moving up
+    flows = flow.clip_flows(frames)
+    seen = []
+
+    def run(stack, layout=None, callback=None):
+        return np.stack(video.stylize_clip(list(stack), [style], network, cfg, settings, flows=flows, layout=layout,
+                                           callback=callback))
+
+    sharded = run(np.stack(frames), callback=lambda p: seen.append(p.images))
+    single = run(np.stack(frames), layout=sharding.batch(jax.local_devices()[:1]))
+    atol = rounding_atol(lambda stack: run(stack, layout=sharding.batch(jax.local_devices()[:1])), np.stack(frames))
+    np.testing.assert_allclose(sharded, single, rtol=0, atol=atol)
+    facts["video"] = {**_spec(seen[-1]), "max_abs_diff": float(np.abs(sharded - single).max()), "atol": atol}
+
+
 def check_rows(network, content, style, facts):
     """One image split by rows over 4 devices equals the unsharded run; activations are split too.
 
@@ -121,13 +142,15 @@ def main() -> int:
     style = rng.random((30, 30, 3)).astype(np.float32)
     big = _photo(64, 48)  # smooth, like a photo: random pixels make Adam amplify rounding (see check_rows)
     network = _network()
-    checks = sys.argv[1:] or ["batch", "sweep", "rows"]
+    checks = sys.argv[1:] or ["batch", "sweep", "rows", "video"]
     if "batch" in checks:
         check_batch(network, contents, style, facts)
     if "sweep" in checks:
         check_sweep(network, contents[0], style, facts)
     if "rows" in checks:
         check_rows(network, big, style, facts)
+    if "video" in checks:
+        check_video(network, big, style, facts)
     print(json.dumps(facts))
     return 0
 

@@ -54,6 +54,12 @@ def test_sharded_batch_equals_unsharded_and_is_split_over_4_devices(sharded_fact
     assert sharded_facts["sweep"] == {"spec": ["batch"], "devices": 4, "shard_shapes": [[1, 24, 32, 3]]}
 
 
+def test_a_window_of_video_frames_is_split_over_4_devices_and_equals_one_device(sharded_facts):
+    # 6 frames padded to 8, 2 per device, in every pass (the comparison ran in the subprocess).
+    facts = {k: sharded_facts["video"][k] for k in ("spec", "devices", "shard_shapes")}
+    assert facts == {"spec": ["batch"], "devices": 4, "shard_shapes": [[2, 40, 48, 3]]}
+
+
 def test_image_split_by_rows_equals_unsharded(sharded_facts):
     # The assert_allclose checks ran in the subprocess; here, how the arrays were split.
     for key in ("rows_adam_64", "rows_lbfgs_64"):  # 64 rows: 16 per device (a batch of one image)
