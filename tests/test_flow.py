@@ -66,4 +66,4 @@ def test_the_flows_are_cached_for_these_frames_only(tmp_path, monkeypatch):
     flow.cached_clip_flows(path, frames)
     assert len(calls) == 2
     with np.load(path, allow_pickle=False) as saved:
-        assert str(saved["fingerprint"]) == flow.fingerprint(frames, "medium")
+        assert str(saved["fingerprint"]) == flow.fingerprint(frames, "fine")
