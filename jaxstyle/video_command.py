@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxstyle import commands, images, outputs, plan, report, video_io
+from jaxstyle import commands, outputs, plan, report, video_io
 from jaxstyle._files import atomic_write_bytes
 from jaxstyle.config import RunOptions, StylizeConfig, VideoConfig
 from jaxstyle.errors import UsageError
@@ -73,9 +73,8 @@ def video(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     _check_paths(source, output, side, inputs.by_path)
     outputs.check_log(options.log, inputs.by_path, [output])
     resume = _unfinished_state(side, options)
-    clip = video_io.read_clip(source, start=start, end=end, max_pixels=options.max_pixels)
-    shape = plan.output_shape(clip.frames[0].shape, config.size)
-    frames = [f if f.shape[:2] == shape else images.resize_to(f, shape) for f in clip.frames]
+    clip = video_io.read_clip(source, start=start, end=end, max_pixels=options.max_pixels, size=config.size)
+    frames = clip.frames  # at the output size
     plan.check_sizes(inputs.schedule, inputs.blocks, frames[0].shape, [s.shape for s in inputs.styles])
     window = 1 if settings.mode == "sequential" else min(settings.window, len(frames))
     chosen = commands.plan_memory(inputs, frames[0].shape, items=window)  # JAX starts here, after the checks

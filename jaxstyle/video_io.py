@@ -74,59 +74,82 @@ def source_files(source: str | os.PathLike) -> list[pathlib.Path]:
 
 
 def read_clip(source: str | os.PathLike, *, start: int = 0, end: int | None = None,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Clip:
+              max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None) -> Clip:
     """The frames ``start`` to ``end`` (exclusive; None: the last) of a video file, a GIF, or a folder or
     glob of image files (in name order).
+
+    Args:
+      size: bring each frame to this longest side as it is read (Lanczos), so that a long clip takes
+        the memory of its frames at that size only; None: as they are.
 
     Raises:
       UsageError: the source is missing, unreadable, empty in that range, or its frames differ in size.
     """
     text = str(source)
     path = pathlib.Path(source)
+    frames = _Frames(text, start, size)
     if (any(c in text for c in "*?[") and not path.exists()) or path.is_dir():
-        clip = _read_frames(source_files(source), text, max_pixels, start, end)
+        clip = _read_frames(source_files(source), frames, max_pixels, end)
     elif not path.is_file():
         raise UsageError(f"video {text!r} does not exist")
     elif path.suffix.lower() == ".gif":
-        clip = _read_gif(path, start, end)
+        clip = _read_gif(path, frames, end)
     else:
-        clip = _read_video(path, start, end)
+        clip = _read_video(path, frames, end)
     if not clip.frames:
         raise UsageError(f"{text!r} has no frames from {start} to {'the end' if end is None else end}")
-    first = clip.frames[0].shape
-    for i, frame in enumerate(clip.frames[1:], 1):
-        if frame.shape != first:
-            what = clip.names[i] if clip.names else f"frame {start + i}"
-            raise UsageError(f"{what} of {text!r} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
-                             f"{first[1]}x{first[0]}; give frames of one size")
     return clip
 
 
-def _read_frames(files: list[pathlib.Path], text: str, max_pixels: int, start: int, end: int | None) -> Clip:
+class _Frames:
+    """The frames as they are read: all of the first one's size, each brought to ``size`` at once."""
+
+    def __init__(self, text: str, start: int, size: int | None):
+        self.text, self.start, self.size = text, start, size
+        self.frames: list[np.ndarray] = []
+        self.first: tuple[int, ...] | None = None
+
+    def add(self, frame: np.ndarray, name: str = "") -> None:
+        if self.first is None:
+            self.first = frame.shape
+        elif frame.shape != self.first:
+            what = name or f"frame {self.start + len(self.frames)}"
+            raise UsageError(f"{what} of {self.text!r} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
+                             f"{self.first[1]}x{self.first[0]}; give frames of one size")
+        if self.size is not None:
+            from jaxstyle.plan import output_shape
+
+            shape = output_shape(frame.shape, self.size)
+            frame = frame if frame.shape[:2] == shape else images.resize_to(frame, shape)
+        self.frames.append(np.ascontiguousarray(frame, np.float32))
+
+
+def _read_frames(files: list[pathlib.Path], frames: _Frames, max_pixels: int, end: int | None) -> Clip:
     if not files:
-        raise UsageError(f"{text!r} holds no image files ({', '.join(FRAME_EXTENSIONS)})")
-    chosen = files[start:end]
-    return Clip([images.load_image(p, max_pixels=max_pixels) for p in chosen], DEFAULT_FPS,
-                names=[p.name for p in chosen])
+        raise UsageError(f"{frames.text!r} holds no image files ({', '.join(FRAME_EXTENSIONS)})")
+    chosen = files[frames.start:end]
+    for p in chosen:
+        frames.add(images.load_image(p, max_pixels=max_pixels), p.name)
+    return Clip(frames.frames, DEFAULT_FPS, names=[p.name for p in chosen])
 
 
-def _read_gif(path: pathlib.Path, start: int, end: int | None) -> Clip:
+def _read_gif(path: pathlib.Path, frames: _Frames, end: int | None) -> Clip:
     try:
         with Image.open(path) as im:
-            durations, frames = [], []
+            durations = []
             for i, frame in enumerate(ImageSequence.Iterator(im)):
                 if end is not None and i >= end:
                     break
                 durations.append(frame.info.get("duration", 100) or 100)
-                if i >= start:
-                    frames.append(np.asarray(frame.convert("RGB"), np.float32) / 255)
+                if i >= frames.start:
+                    frames.add(np.asarray(frame.convert("RGB"), np.float32) / 255)
     except (OSError, ValueError, SyntaxError) as e:
         raise UsageError(f"cannot read GIF {str(path)!r}: {e}") from e
     fps = Fraction(1000) / Fraction(int(np.median(durations))) if durations else DEFAULT_FPS
-    return Clip(frames, fps)
+    return Clip(frames.frames, fps)
 
 
-def _read_video(path: pathlib.Path, start: int, end: int | None) -> Clip:
+def _read_video(path: pathlib.Path, frames: _Frames, end: int | None) -> Clip:
     av = _av()
     try:
         with av.open(str(path)) as container:
@@ -135,17 +158,16 @@ def _read_video(path: pathlib.Path, start: int, end: int | None) -> Clip:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             fps = stream.average_rate or stream.guessed_rate or DEFAULT_FPS
-            frames = []
             for i, frame in enumerate(container.decode(stream)):
                 if end is not None and i >= end:
                     break
-                if i >= start:
+                if i >= frames.start:
                     pixels = frame.to_ndarray(format="rgb24")
-                    frames.append(np.rot90(pixels, (frame.rotation or 0) // 90).astype(np.float32) / 255)
+                    frames.add(np.rot90(pixels, (frame.rotation or 0) // 90).astype(np.float32) / 255)
             audio = path if container.streams.audio else None
     except av.error.FFmpegError as e:
         raise UsageError(f"cannot read video {str(path)!r}: {e}") from e
-    return Clip([np.ascontiguousarray(f) for f in frames], Fraction(fps), audio)
+    return Clip(frames.frames, Fraction(fps), audio)
 
 
 def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> str:

@@ -121,3 +121,22 @@ def test_outputs_in_unknown_formats_or_that_exist_are_refused_before_anything_is
         video_io.write_clip(tmp_path / "b.mp4", _clip(2), Fraction(10))
     assert (tmp_path / "b.mp4").read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.mp4"]
+
+
+@pytest.mark.parametrize("source", ["a.mp4", "a.gif", "frames"])
+def test_frames_are_brought_to_the_output_size_as_they_are_read(tmp_path, source):
+    """What a run gets: each frame resized on reading (Lanczos, as images.resize_to), from any source."""
+    frames = _clip(3, 48, 64)
+    video_io.write_clip(tmp_path / source, frames, Fraction(10))
+    whole = video_io.read_clip(tmp_path / source).frames
+    small = video_io.read_clip(tmp_path / source, size=32).frames
+    assert len(small) == 3 and all(f.shape == (24, 32, 3) and f.dtype == np.float32 for f in small)
+    for a, b in zip(whole, small):
+        np.testing.assert_allclose(b, images.resize_to(a, (24, 32)), rtol=0, atol=1e-6)
+
+
+def test_frames_of_other_sizes_are_refused_though_they_would_resize_alike(tmp_path):
+    images.save_image(tmp_path / "f" / "a.png", np.zeros((20, 30, 3)))
+    images.save_image(tmp_path / "f" / "b.png", np.zeros((20, 31, 3)))
+    with pytest.raises(UsageError, match="b.png of .* is 31x20, the first frame 30x20"):
+        video_io.read_clip(tmp_path / "f", size=16)
