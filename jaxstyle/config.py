@@ -176,8 +176,9 @@ class VideoConfig:
                             metavar="N")
     passes: int = _field(4, "multipass: passes over each window; the first paints from the content with half of "
                          "--steps, the others share the rest", metavar="N")
-    window: int = _field(8, "multipass and independent: frames optimised together as one program, rounded up to "
-                         "a multiple of the device count", metavar="N")
+    window: int = _field(8, "multipass and independent: at most this many frames optimised together as one "
+                         "program (a clip is cut into windows of even sizes, each rounded up to a multiple of the "
+                         "device count)", metavar="N")
     blend: float = _field(0.5, "multipass: how much of its warped neighbour a frame takes before each pass (delta)")
     flow_preset: str = _field("fine", "optical flow (OpenCV DIS): OpenCV's presets, fastest first, or fine, "
                               "a few times more accurate at 20 times medium's time (50 ms a 256 px pair)",

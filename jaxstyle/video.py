@@ -9,7 +9,8 @@ call of the driver, `optimize.run`, whose items are frames:
 - ``"independent"``: every frame on its own, ``window`` frames per program
   (a batch, split over the devices): the flickering baseline.
 - ``"sequential"`` (Ruder et al. 2016): one frame per program, in order.
-  Each frame starts from the previous stylized frame warped onto it, and its
+  Each frame starts from the previous stylized frame warped onto it (from its
+  own content where the flow is not trusted: what the previous frame hid), and its
   objective gains a temporal term (`temporal.references_loss`) that holds it
   to that frame, or with ``long_term`` to several earlier ones
   (`temporal.chain`, `temporal.long_term_masks`), where the flow is trusted.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Iterator, Sequence
 
 import jax
@@ -175,13 +177,16 @@ def _earlier(clip: _Clip, done: list[np.ndarray], i: int, gaps: tuple[int, ...])
         return References(jnp.zeros((len(gaps), *shape)), jnp.zeros((len(gaps), *shape[:2]))), None
     back = min(max(gaps), i)
     earlier = jnp.stack([jnp.asarray(done[i - g]) for g in range(1, back + 1)])
-    return _carried(earlier, clip.backward[i - back:i][::-1], clip.masks[i - back:i][::-1], gaps=gaps)
+    return _carried(earlier, clip.backward[i - back:i][::-1], clip.masks[i - back:i][::-1], jnp.asarray(clip.frames[i]),
+                    gaps=gaps)
 
 
 @functools.partial(jax.jit, static_argnames=("gaps",))
-def _carried(earlier: jax.Array, backward: jax.Array, masks: jax.Array, *, gaps: tuple[int, ...]):
+def _carried(earlier: jax.Array, backward: jax.Array, masks: jax.Array, content: jax.Array, *,
+             gaps: tuple[int, ...]):
     """The earlier frames (nearest first) at ``gaps`` carried onto the current one, with Ruder's long-term
-    masks; gaps beyond the clip's start get zero masks. Also the nearest frame warped: the start."""
+    masks; gaps beyond the clip's start get zero masks. Also the start: the previous frame warped where its
+    flow is trusted, the content elsewhere (what the previous frame never showed starts as a fresh frame)."""
     flows, trusted = temporal.chain(list(backward), list(masks))
     frames, weights = [], []
     for g in gaps:
@@ -192,16 +197,17 @@ def _carried(earlier: jax.Array, backward: jax.Array, masks: jax.Array, *, gaps:
             frames.append(jnp.zeros_like(earlier[0]))
             weights.append(jnp.zeros_like(trusted[0]))
     references = References(jnp.stack(frames), temporal.long_term_masks(jnp.stack(weights)))
-    return references, frames[0]
+    return references, temporal.blend(content, frames[0], trusted[0], 1.0)
 
 
 def _windows(clip: _Clip, config: StylizeConfig, video: VideoConfig, state: ClipState,
              layout: sharding.Layout) -> Iterator[Program]:
     """The independent and multipass modes: windows of frames, each one program per pass."""
     n = len(clip.frames)
-    size = plan.program_size(n, video.window, layout.devices)
+    per = math.ceil(n / math.ceil(n / video.window))  # windows of even sizes: 12 frames in 6 and 6, not 8 and 4
+    size = plan.program_size(n, per, layout.devices)
     configs = plan.pass_configs(config, video)
-    for window in plan.programs(n, video.window, layout.devices):
+    for window in plan.programs(n, per, layout.devices):
         if window.start < len(state.done):
             continue
         items = tuple(window)
