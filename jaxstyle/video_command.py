@@ -65,6 +65,9 @@ def video(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     if options.save_every:
         raise UsageError("`save_every` does not apply to a video: each finished frame is kept in "
                          f"{output.name}.unfinished until the output is written")
+    if options.shard_image:
+        raise UsageError("`shard_image` does not apply to a video: `--mode multipass` splits a window's frames "
+                         "over the devices instead")
     if args.fps is not None and not args.fps > 0:
         raise UsageError(f"`fps` must be positive, got {args.fps:g}")
     inputs = commands.read_inputs(args, config, options, [])

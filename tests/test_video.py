@@ -237,6 +237,9 @@ def _mixed(tmp_path):
     (None, ("--end", 3, "--frames", 2), "not both"),
     (None, ("--start", 10), "has no frames from 10"),
     (None, ("--save-every", 5), "does not apply to a video"),
+    (None, ("--shard-image",), "does not apply to a video"),
+    (None, ("--fps", 0), "--fps must be positive"),
+    (None, ("--window", 0), "--window must be at least 1"),
 ])
 def test_bad_clips_and_options_are_refused_in_one_line_and_nothing_is_written(files, tiny_weights, tmp_path,
                                                                               capsys, make, extra, words):
