@@ -1,5 +1,6 @@
 """Writing files atomically, so that a crash never leaves half a file."""
 
+import io
 import os
 import pathlib
 import tempfile
@@ -27,3 +28,12 @@ def usual_mode(path: str | os.PathLike) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:
+    """`numpy.savez` of ``arrays`` to ``path``, atomically (`atomic_write_bytes`)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -37,7 +36,7 @@ import jax
 import numpy as np
 
 from jaxstyle import __version__, optimize, plan, step
-from jaxstyle._files import atomic_write_bytes
+from jaxstyle._files import atomic_write_npz
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import UsageError
 
@@ -93,9 +92,7 @@ def save(path: str | os.PathLike, checkpoint: optimize.Checkpoint, run: Mapping[
     for prefix, tree in (("state", checkpoint.states), ("ema", checkpoint.emas)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}/{i}"] = np.asarray(leaf)
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_npz(path, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
 
 
 def load(path: str | os.PathLike, run: Mapping[str, Any], config: StylizeConfig,

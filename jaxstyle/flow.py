@@ -21,7 +21,6 @@ instead of computing them again.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pathlib
 from typing import Sequence
@@ -29,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxstyle import images
-from jaxstyle._files import atomic_write_bytes
+from jaxstyle._files import atomic_write_npz
 from jaxstyle.errors import JaxstyleError
 
 PRESETS = ("ultrafast", "fast", "medium", "fine")
@@ -108,10 +107,8 @@ def cached_clip_flows(path: str | os.PathLike, frames: Sequence[np.ndarray],
     except (OSError, KeyError, ValueError):
         pass  # missing, damaged or not ours: compute
     forward, backward = clip_flows(frames, preset)
-    buffer = io.BytesIO()
-    np.savez(buffer, forward=forward, backward=backward, fingerprint=np.array(key))
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_npz(path, forward=forward, backward=backward, fingerprint=np.array(key))
     except OSError as e:
         raise JaxstyleError(f"cannot write the optical flow cache {str(path)!r}: {e.strerror or e}") from e
     return forward, backward

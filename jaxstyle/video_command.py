@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxstyle import commands, outputs, plan, report, video_io
-from jaxstyle._files import atomic_write_bytes
+from jaxstyle._files import atomic_write_bytes, atomic_write_npz
 from jaxstyle.config import RunOptions, StylizeConfig, VideoConfig
 from jaxstyle.errors import UsageError
 
@@ -93,14 +93,14 @@ def video(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
     if not options.quiet:
         commands.note(f"optical flow of {len(frames) - 1} frame pairs ready in {time.perf_counter() - began:.1f} s "
                       f"(kept in {side.flows} until the output is written)")
-    per_frame = sum(plan.total_steps(c) for c in plan.pass_configs(planned, settings))
-    reporter = report.Reporter(options, per_frame * len(frames), _steps_done(state, planned, settings))
+    pass_steps = [plan.total_steps(c) for c in plan.pass_configs(planned, settings)]
+    reporter = report.Reporter(options, sum(pass_steps) * len(frames), _steps_done(state, pass_steps))
     lay = commands.layout(options, many=settings.mode != "sequential")
     programs = clips.programs(frames, inputs.styles, commands.network(inputs), planned, settings, flows=flows,
                               state=state, layout=lay)
     with reporter.running(planned, lambda: f"; {len(state.done)} of {len(frames)} frames finished"):
         for program in programs:
-            _run_program(program, reporter, side, record, planned, frames[0].shape, state, options)
+            _run_program(program, reporter, side, record, frames[0].shape, state, options)
     fps = args.fps or clip.fps
     video_io.write_clip(output, state.done, fps, audio=clip.audio if start == 0 else None,
                         overwrite=options.overwrite)
@@ -172,30 +172,30 @@ def _load_state(side: Unfinished, record: dict, n: int):
     while len(state.done) < n and side.frame(len(state.done)).is_file():
         state.done.append(_read_array(side.frame(len(state.done))))
     if side.window.is_file():
-        with np.load(side.window, allow_pickle=False) as z:
-            if int(z["start"]) == len(state.done):
-                state.window, state.passes_done = list(z["images"]), int(z["passes"])
+        window = _read_array(side.window)
+        if int(window["start"]) == len(state.done):
+            state.window, state.passes_done = list(window["images"]), int(window["passes"])
     return state
 
 
-def _read_array(path: pathlib.Path) -> np.ndarray:
+def _read_array(path: pathlib.Path):
+    """A finished frame (``.npy``) or the window in progress (``.npz``, read whole), refused in one line if damaged."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        with open(path, "rb") as f:
+            saved = np.load(f, allow_pickle=False)
+            return {k: saved[k] for k in saved.files} if isinstance(saved, np.lib.npyio.NpzFile) else saved
+    except (OSError, ValueError, KeyError, EOFError) as e:
         raise UsageError(f"cannot read {str(path)!r} ({e}); pass `overwrite` to start afresh") from None
 
 
-def _steps_done(state, config: StylizeConfig, settings: VideoConfig) -> int:
-    """Frame-steps an unfinished run had finished (the progress bar's start)."""
-    configs = plan.pass_configs(config, settings)
-    per_frame = sum(plan.total_steps(c) for c in configs)
-    window = 0 if state.window is None else len(state.window) * sum(plan.total_steps(c)
-                                                                    for c in configs[:state.passes_done])
-    return per_frame * len(state.done) + window
+def _steps_done(state, pass_steps: Sequence[int]) -> int:
+    """Frame-steps an unfinished run had finished (the progress bar's start), from each pass's steps."""
+    window = 0 if state.window is None else len(state.window) * sum(pass_steps[:state.passes_done])
+    return sum(pass_steps) * len(state.done) + window
 
 
-def _run_program(program, reporter: report.Reporter, side: Unfinished, record: dict, config: StylizeConfig,
-                 shape: Sequence[int], state, options: RunOptions) -> None:
+def _run_program(program, reporter: report.Reporter, side: Unfinished, record: dict, shape: Sequence[int], state,
+                 options: RunOptions) -> None:
     """Run one program with the reporter, continuing its checkpoint if it has one; keep what it finished."""
     from jaxstyle import checkpoint
 
@@ -211,11 +211,10 @@ def _run_program(program, reporter: report.Reporter, side: Unfinished, record: d
     reporter.start(report.Program(names, side.checkpoint, where, lambda p, why: [], history=history))
     program.run(callback=reporter, resume=resume, report_every=commands.report_every(options))
     if state.window is not None:
-        buffer = _npz(start=np.int64(program.items[0]), passes=np.int64(state.passes_done),
-                      images=np.stack(state.window))
-        atomic_write_bytes(side.window, buffer)
-    for i in range(len(state.done)):
-        if not side.frame(i).is_file():
+        atomic_write_npz(side.window, start=np.int64(program.items[0]), passes=np.int64(state.passes_done),
+                         images=np.stack(state.window))
+    for i in program.items:  # the frames this program finished (none after a multipass window's early passes)
+        if i < len(state.done):
             atomic_write_bytes(side.frame(i), _npy(state.done[i]))
     if state.window is None:
         report.remove(side.window)
@@ -225,10 +224,4 @@ def _run_program(program, reporter: report.Reporter, side: Unfinished, record: d
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array, np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
     return buffer.getvalue()
