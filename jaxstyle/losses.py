@@ -395,9 +395,7 @@ def loss_terms_of_statistics(image: jax.Array, content_features: Mapping[str, ja
     """
     content = sum(weights.content_layers[name] * content_loss(content_features[name], target)
                   for name, target in targets.content.items())
-    style = sum(layer_weights[name] * statistics_distance(stats[name], target, targets.kind)
-                for region, stats, layer_weights in zip(targets.style, style_stats, weights.style_layers)
-                for name, target in region.items())
+    style = sum(style_layer_distances(style_stats, targets, weights).values())
     terms = {
         "content": weights.content * content,
         "style": weights.style * style,
@@ -406,6 +404,27 @@ def loss_terms_of_statistics(image: jax.Array, content_features: Mapping[str, ja
     if targets.temporal is not None:  # a video frame (Ruder et al.), see `jaxstyle.temporal`
         terms["temporal"] = weights.temporal * references_loss(image, targets.temporal)
     return terms
+
+
+def style_layer_distances(style_stats: tuple[Mapping[str, Any], ...], targets: Targets,
+                          weights: Weights) -> dict[str, jax.Array]:
+    r"""Each style layer's share of the style loss, before :math:`\beta`: :math:`b_l L^l_s`, summed over regions.
+
+    The "style" term of `loss_terms` is :math:`\beta` times the sum of these; progress reports show
+    them one by one (a layer whose share stays high is one the picture has not matched yet).
+
+    Args:
+      style_stats: per region, layer name -> statistics, as `region_statistics` gives them.
+      targets, weights: as in `loss_terms`.
+    Returns:
+      Layer name -> float32 scalar, in the order of the style layers.
+    """
+    shares: dict[str, jax.Array] = {}
+    for region, stats, layer_weights in zip(targets.style, style_stats, weights.style_layers):
+        for name, target in region.items():
+            share = layer_weights[name] * statistics_distance(stats[name], target, targets.kind)
+            shares[name] = share if name not in shares else shares[name] + share
+    return shares
 
 
 def total_loss(image: jax.Array, features: Mapping[str, jax.Array], targets: Targets,

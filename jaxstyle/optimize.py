@@ -70,7 +70,8 @@ class Progress:
       scale: index of the current scale; scales: how many there are.
       losses: objective of each item at the start of each step since the
         last report, (len(items), n) float32.
-      terms: the weighted "content", "style" and "tv" terms of each item now, (len(items),).
+      terms: the weighted "content", "style" and "tv" terms of each item now (and "temporal" for a video
+        frame), (len(items),); ``"style:<layer>"``: each style layer's share of "style".
       images: the current pictures (averages when averaging), RGB in [0, 1],
         a device array (program size, h, w, 3); rows from ``len(items)`` on are padding.
       elapsed: seconds since the run started (compilation included).
@@ -411,7 +412,7 @@ def _report_terms(model: vgg.VGG, params, images, targets: losses.Targets, weigh
                   axes: sharding.ItemAxes) -> dict[str, jax.Array]:
     """The loss terms of each item, for progress reports."""
     own, rebuild = axes.split(targets)
-    return sharding.for_each_item(lambda im, c, s, t, w: step.loss_terms(model, params, im, rebuild(c, s, t), w),
+    return sharding.for_each_item(lambda im, c, s, t, w: step.report_terms(model, params, im, rebuild(c, s, t), w),
                                   (images, *own, weights))
 
 

@@ -227,9 +227,22 @@ def loss_weights(config: StylizeConfig, targets: losses.Targets, blend: Sequence
 def loss_terms(model: vgg.VGG, params, image: jax.Array, targets: losses.Targets,
                weights: losses.Weights) -> dict[str, jax.Array]:
     """The weighted content, style and total-variation terms of one image (`losses.loss_terms`)."""
+    return losses.loss_terms_of_statistics(image, *_statistics(model, params, image, targets), targets, weights)
+
+
+def report_terms(model: vgg.VGG, params, image: jax.Array, targets: losses.Targets,
+                 weights: losses.Weights) -> dict[str, jax.Array]:
+    """`loss_terms`, and each style layer's weighted share of "style" under ``"style:<layer>"`` (for reports)."""
+    stats = _statistics(model, params, image, targets)
+    shares = losses.style_layer_distances(stats[1], targets, weights)
+    return (losses.loss_terms_of_statistics(image, *stats, targets, weights)
+            | {f"style:{name}": weights.style * share for name, share in shares.items()})
+
+
+def _statistics(model: vgg.VGG, params, image: jax.Array, targets: losses.Targets):
+    """`content_and_style` of ``image`` for the layers of ``targets``."""
     style_layers = tuple(dict.fromkeys(n for region in targets.style for n in region))
-    stats = content_and_style(model, params, image, tuple(targets.content), style_layers, targets.kind, targets.masks)
-    return losses.loss_terms_of_statistics(image, *stats, targets, weights)
+    return content_and_style(model, params, image, tuple(targets.content), style_layers, targets.kind, targets.masks)
 
 
 def objective(model: vgg.VGG, params, targets: losses.Targets, weights: losses.Weights,

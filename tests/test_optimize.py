@@ -61,7 +61,12 @@ def test_loss_decreases_and_pixels_stay_in_range(tiny, images, optimizer):
     # Before the final clip, L-BFGS's penalty keeps pixels within a hair of the box.
     raw = np.asarray(reports[-1].images[0])
     assert raw.min() > -0.05 and raw.max() < 1.05
-    assert set(reports[-1].terms) == {"content", "style", "tv"}
+    terms = reports[-1].terms
+    layers = {f"style:{name}" for name in CFG.style_layers}
+    assert set(terms) == {"content", "style", "tv"} | layers
+    # The layers' shares add up to the style term (float32 sums of a few positive numbers).
+    np.testing.assert_allclose(sum(terms[k] for k in sorted(layers)), terms["style"], rtol=1e-5)
+    assert all(terms[k][0] > 0 for k in layers)
 
 
 def test_report_every_and_losses_cover_every_step(tiny, images):
