@@ -250,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _weights_command(args)
         grid = _sweep_grid(args) if args.command == "sweep" else None
         config, options = config_from_args(args), config_from_args(args, RunOptions)
+        if options.serve:  # a port that is taken is refused before anything loads
+            from jaxstyle import live
+
+            live.check(options.serve)
         # Before any compile: the XLA:CPU flags and the persistent compilation cache
         # (a second run of the same size loads its programs; $JAXSTYLE_XLA_CACHE=off disables it).
         runtime.configure(low_memory=config.remat)

@@ -244,7 +244,8 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     record = checkpoint.run_record(config, [(r, p) for r, p in inputs.files], inputs.meta["params_sha256"],
                                    output=output.name)
     state, history = checkpoint.load(side.checkpoint, record, planned, content.shape) if resume else (None, None)
-    reporter = report.Reporter(options, plan.total_steps(planned), 0 if history is None else history.shape[1])
+    reporter = report.Reporter(options, plan.total_steps(planned), 0 if history is None else history.shape[1],
+                               command=args.command)
     metadata = inputs.metadata(config, content_path.name)
     saver = _picture_saver(side, metadata, options.png_bits)
     reporter.start(report.Program([content_path.name], side.checkpoint, record, saver, [side.interrupted], history,
@@ -361,7 +362,7 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     n_items = sum(len(m) for m in queue.values()) + (0 if resumed is None else len(resumed[0]))
     net, lay = network(inputs), layout(options, many=True)
     reporter = report.Reporter(options, plan.total_steps(inputs.schedule) * n_items,
-                               0 if resumed is None else resumed[3].shape[1] * len(resumed[0]))
+                               0 if resumed is None else resumed[3].shape[1] * len(resumed[0]), command="batch")
     with reporter.running(config, lambda: f"; {run.written} outputs written in this run"):
         if resumed is not None:
             items, shape, state, history = resumed
@@ -572,7 +573,7 @@ def sweep(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
         state, history = checkpoint.load(side.checkpoint, record(start), planned, content.shape, items=len(program))
     tiles = {i: inputs.load(paths[i]) for i in range(start)}  # the points finished before an interruption
     reporter = report.Reporter(options, plan.total_steps(planned) * (len(points) - start),
-                               0 if history is None else history.size)
+                               0 if history is None else history.size, command="sweep")
     metadata = inputs.metadata(config, content_path.name)
     results = batches.sweep_iter(content, inputs.styles, net, planned, grid=grid, init=inputs.init,
                                  masks=inputs.masks, batch_size=args.batch_size, layout=lay, callback=reporter,

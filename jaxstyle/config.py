@@ -232,6 +232,9 @@ class RunOptions:
                                "device); the result equals an unsharded run", action="store_true")
     max_pixels: int = _field(DEFAULT_MAX_PIXELS, "refuse input images with more pixels than this, before "
                              "decoding them", metavar="N")
+    serve: str = _field("", "show the run on a live web page at [ADDRESS:]PORT (default address 127.0.0.1; 0: any "
+                        "free port): the picture, the loss and its terms, and a stop button; an address beyond this "
+                        "machine needs the random token in the printed URL", metavar="[ADDRESS:]PORT")
     max_memory: float = _field(0.0, "memory the run may use, in GiB: it plans whole-image or strip-by-strip "
                                "steps to fit (0: on a CPU 4 GiB or half of the memory available now if less, more "
                                "only for a run that fits no other way; on a GPU or TPU the device's free memory)", metavar="GIB")
@@ -246,6 +249,10 @@ class RunOptions:
                 raise UsageError(f"`{name}` must be zero or positive, got {getattr(self, name)}")
         if self.max_pixels < 1:
             raise UsageError(f"`max_pixels` must be at least 1, got {self.max_pixels}")
+        if self.serve:
+            from jaxstyle.live import parse_address
+
+            parse_address(self.serve)
         if self.log and not self.log.lower().endswith(LOG_EXTENSIONS):
             raise UsageError(f"`log` must end in {' or '.join(LOG_EXTENSIONS)}, got {self.log}")
 

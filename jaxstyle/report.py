@@ -13,7 +13,9 @@ between chunks of steps; it
 - ends a run the same way for every command when a signal comes
   (`signals_end_runs`: Ctrl-C, SIGTERM, SIGHUP): the pictures of the last
   report and a checkpoint are saved, one line says where, and the exit code is
-  128 plus the signal's number (130, 143, 129).
+  128 plus the signal's number (130, 143, 129);
+- with ``--serve``, feeds the live view (`jaxstyle.live`) at every report; its
+  stop button sends the SIGINT that Ctrl-C sends.
 
 Only this module and the command line print.
 """
@@ -199,14 +201,24 @@ class Reporter:
     """The callback of every run of a command (see the module docs).
 
     Args:
-      options: the run options (``quiet``, ``save_every``, ``checkpoint_every``, ``log``).
+      options: the run options (``quiet``, ``save_every``, ``checkpoint_every``, ``log``, ``serve``).
       total: item-steps of the whole command (the progress bar's length).
       done: item-steps already done before this process (a resumed run).
+      command: the command's name, for the live view.
+    Raises:
+      JaxstyleError: the live view cannot listen where ``options.serve`` says.
     """
 
-    def __init__(self, options: RunOptions, total: int, done: int = 0):
+    def __init__(self, options: RunOptions, total: int, done: int = 0, *, command: str = "stylize"):
         self.options = options
+        self.live = None
+        if options.serve:  # first: a port that is taken ends the command before anything is shown
+            from jaxstyle import live
+
+            self.live = live.start(options.serve, command)
         self.bar = None if options.quiet or not total else _progress_bar(total, done)
+        if self.live is not None:
+            self.note(f"watch the run at {self.live.url}")
         self.log_rows: list[dict[str, Any]] = []
         self.program: Program | None = None
         self.latest = None  # the last Progress
@@ -216,6 +228,8 @@ class Reporter:
         """A new program begins (its checkpoint, if any, already loaded into ``program.history``)."""
         self.program, self.latest = program, None
         items = len(program.names)
+        if self.live is not None:
+            self.live.board.start(program.names)
         self.speed = Speed(program.work, items)
         if self.bar is not None and program.work:  # the time left is ours, over the scales' FLOPs
             self.bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
@@ -232,6 +246,11 @@ class Reporter:
         if save and p.step % save == 0 and p.step < p.steps:
             self.program.save_pictures(p, "step")
         self.speed.update(p.scale, p.step, p.elapsed)
+        if self.live is not None:
+            from jaxstyle import live
+
+            self.live.board.report(p, seconds_left=self.speed.seconds_left(p.step) if self.program.work else None,
+                                   memory=live.peak_memory())
         if self.bar is not None:  # the postfix first: the update draws the bar with it
             left = self.speed.seconds_left(p.step)
             where = {"scale": f"{p.scale + 1}/{p.scales}"} if p.scales > 1 else {}
@@ -260,24 +279,40 @@ class Reporter:
         return True
 
     @contextlib.contextmanager
-    def running(self, config, done: Callable[[], str] = lambda: "") -> Iterator[None]:
+    def running(self, config, done: Callable[[], str] = lambda: "", *, more: dict | None = None) -> Iterator[None]:
         """Around a command's runs: a signal saves the run and ends it (`Stopped`), and a device's
-        out-of-memory error becomes one line. ``done()`` adds what the command finished, to the message."""
+        out-of-memory error becomes one line. ``done()`` adds what the command finished, to the message.
+        The live view, if any, shows ``config``, ``more`` settings and the options, and how the runs ended."""
+        if self.live is not None:
+            from jaxstyle import live
+
+            self.live.board.configure({**live.run_settings(config, self.options), **(more or {})})
+        ending = ("failed", "")
         with signals_end_runs():
             try:
                 yield
+                ending = ("finished", "")
             except Interrupted as e:
-                raise self.interrupted(e, done()) from None
+                stopped = self.interrupted(e, done())
+                ending = ("stopped", str(stopped))
+                raise stopped from None
             except Exception as e:
+                error = e
                 if type(e).__name__ == "JaxRuntimeError" and "RESOURCE_EXHAUSTED" in str(e):
                     import jax
 
                     hint = "lower `size`" if config.remat else "lower `size` or use `remat`"
-                    raise JaxstyleError(f"out of memory on the {jax.default_backend()} at `size` {config.size} "
-                                        f"({str(e).splitlines()[0][:160]}); {hint}") from e
-                raise
+                    error = JaxstyleError(f"out of memory on the {jax.default_backend()} at `size` {config.size} "
+                                          f"({str(e).splitlines()[0][:160]}); {hint}")
+                ending = ("failed", (str(error).splitlines() or [type(error).__name__])[0])
+                if error is e:
+                    raise
+                raise error from e
             finally:
                 self.close()
+                if self.live is not None:
+                    self.live.board.end(*ending)
+                    self.live.close()
 
     def keep_or_write(self, path: pathlib.Path, image: np.ndarray, metadata: dict[str, str], *,
                       overwrite: bool, alpha: np.ndarray | None = None) -> None:

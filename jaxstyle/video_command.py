@@ -94,11 +94,13 @@ def video(args: argparse.Namespace, config: StylizeConfig, options: RunOptions, 
         commands.note(f"optical flow of {len(frames) - 1} frame pairs ready in {time.perf_counter() - began:.1f} s "
                       f"(kept in {side.flows} until the output is written)")
     pass_steps = [plan.total_steps(c) for c in plan.pass_configs(planned, settings)]
-    reporter = report.Reporter(options, sum(pass_steps) * len(frames), _steps_done(state, pass_steps))
+    reporter = report.Reporter(options, sum(pass_steps) * len(frames), _steps_done(state, pass_steps),
+                               command="video")
     lay = commands.layout(options, many=settings.mode != "sequential")
     programs = clips.programs(frames, inputs.styles, commands.network(inputs), planned, settings, flows=flows,
                               state=state, layout=lay)
-    with reporter.running(planned, lambda: f"; {len(state.done)} of {len(frames)} frames finished"):
+    with reporter.running(planned, lambda: f"; {len(state.done)} of {len(frames)} frames finished",
+                          more=dataclasses.asdict(settings)):
         for program in programs:
             _run_program(program, reporter, side, record, frames[0].shape, state, options)
     fps = args.fps or clip.fps
