@@ -392,7 +392,7 @@ def test_every_run_option_is_declared_once_and_taken_by_every_command(command):
     assert cli.config_from_args(parser.parse_args(required), RunOptions) == RunOptions()
     given = {"weights": "w.npz", "overwrite": True, "resume": True, "checkpoint_every": 7, "save_every": 3,
              "log": "loss.csv", "quiet": True, "shard_image": True, "max_pixels": 1000, "max_memory": 2.5,
-             "png_bits": 16}
+             "png_bits": 16, "serve": "0.0.0.0:8000"}
     assert set(given) == {f.name for f in dataclasses.fields(RunOptions)}
     argv = [*required]
     for name, value in given.items():
