@@ -50,6 +50,7 @@ STREAMS = 16  # event streams at once; more are refused (each holds a thread)
 SOCKET_TIMEOUT = 60.0  # a connection whose reads or writes stall this long is dropped
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PAGE_FILES = {"live.js": "text/javascript", "live.css": "text/css"}
+ENDED = ("finished", "stopped", "failed")  # how a run ends (`Board.end`)
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -127,10 +128,10 @@ class Board:
 
     def start(self, names: Sequence[str]) -> None:
         """A new program: the previous one's pictures become host previews (its device arrays are let go)."""
-        for tile in self.tiles:
-            if tile.images is not None:
-                tile.preview, tile.images = preview(tile.images, tile.row), None
+        kept = {i: preview(t.images, t.row) for i, t in enumerate(self.tiles) if t.images is not None}
         with self.changed:
+            for i, picture in kept.items():
+                self.tiles[i].preview, self.tiles[i].images = picture, None
             self.program += 1
             self.names, self.points, self.last = list(names), [], None
             self._changed()
@@ -190,10 +191,6 @@ class Board:
             self.tiles.append(_Tile(name, self.version, images, row))
 
     # The server's side.
-
-    @property
-    def over(self) -> bool:
-        return self.status in ("finished", "stopped", "failed")
 
     def message_since(self, program: int, points: int) -> tuple[int, dict[str, Any]]:
         """The state to send a client that has seen ``points`` points of ``program``: (version, message)."""
@@ -369,7 +366,7 @@ class Page:
                 seen, message = self.board.message_since(program, points)
                 program, points = message["program"], (0 if message["reset"] else points) + len(message["points"])
                 yield b"data: " + json.dumps(message, default=str).encode() + b"\n\n"
-                if message["status"] in ("finished", "stopped", "failed"):
+                if message["status"] in ENDED:
                     return
         finally:
             self.streams.release()
