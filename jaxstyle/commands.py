@@ -236,7 +236,7 @@ def stylize(args: argparse.Namespace, config: StylizeConfig, options: RunOptions
     chosen = plan_memory(inputs, content.shape)  # JAX starts here, after the checks
     planned = chosen.config
     work = plan.scale_work(planned, content.shape, *inputs.architecture)
-    speed_key = report.speed_key(planned)
+    speed_key = report.speed_key(planned, inputs.meta["architecture"])
     say_plan(inputs, chosen, content.shape, work, speed_key)
     from jaxstyle import checkpoint, optimize
 

@@ -140,12 +140,13 @@ class Speed:
         return None if rate is None else (self.done(sum(n for n, _ in self.work)) - self.done(step)) / rate
 
 
-def speed_key(config) -> str:
-    """What a measured speed is remembered under: the device, and the settings that change a FLOP's cost."""
+def speed_key(config, architecture: str = "vgg19") -> str:
+    """What a measured speed is remembered under: the device, the network (a small one runs its FLOPs far
+    slower), and the settings that change a FLOP's cost."""
     import jax
 
     device = jax.local_devices()[0]
-    return f"{device.platform}:{device.device_kind}:{'strips' if config.remat else 'whole'}:" \
+    return f"{device.platform}:{device.device_kind}:{architecture}:{'strips' if config.remat else 'whole'}:" \
            f"{config.optimizer}:{config.dtype}"
 
 

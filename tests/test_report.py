@@ -608,3 +608,10 @@ def test_png_bits_16_writes_16_bit_pngs(files, tiny_weights, tmp_path):
     for path in (out, tmp_path / "deep.png.step00001.png"):
         assert path.read_bytes()[24] == 16, path  # IHDR bit depth
     assert cli.main(_args(files, tiny_weights, tmp_path / "x.png", "--png-bits", 12)) == 2
+
+
+def test_speeds_are_remembered_per_network():
+    """The tiny test network runs its FLOPs far slower than VGG19: its speed must not plan a VGG19 run."""
+    networks = ("vgg19", "vgg16", "tiny")
+    keys = [report.speed_key(StylizeConfig(), a) for a in networks]
+    assert len(set(keys)) == 3 and all(f":{a}:" in k for a, k in zip(networks, keys))
