@@ -71,7 +71,17 @@ def validate(flat: Mapping[str, np.ndarray], architecture: str, *, what: str = "
       JaxstyleError: listing every missing, unexpected and wrong-shape tensor,
         and any tensor with NaN or Inf values.
     """
-    shapes = expected_shapes(architecture)
+    check_shapes(flat, expected_shapes(architecture), what=what, fits=architecture)
+
+
+def check_shapes(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]], *, what: str,
+                 fits: str) -> None:
+    """Check a flat ``{"name/kind": array}`` dict against the ``shapes`` of the network ``fits`` names.
+
+    Raises:
+      JaxstyleError: listing every missing, unexpected and wrong-shape tensor,
+        and any tensor with NaN or Inf values.
+    """
     problems = []
     missing = [k for k in shapes if k not in flat]
     unexpected = sorted(k for k in flat if k not in shapes)
@@ -88,7 +98,7 @@ def validate(flat: Mapping[str, np.ndarray], architecture: str, *, what: str = "
         if bad:
             problems.append(f"NaN or Inf in {', '.join(bad)}")
     if problems:
-        raise JaxstyleError(f"{what} do not fit {architecture}: " + "; ".join(problems))
+        raise JaxstyleError(f"{what} do not fit {fits}: " + "; ".join(problems))
 
 
 def params_sha256(flat: Mapping[str, np.ndarray]) -> str:
