@@ -15,6 +15,10 @@ The package, one file per idea:
 - `jaxstyle.torchfile`, `jaxstyle.convert`: reading other weight files safely; fetching the real VGG19.
 - `jaxstyle.images`, `jaxstyle.batch_io`: reading and writing images; input folders, buckets, sheets.
 - `jaxstyle.checkpoint`: checkpoint files for resuming.
+- `jaxstyle.video`, `jaxstyle.temporal`, `jaxstyle.flow`, `jaxstyle.video_io`: video without flicker.
+- `jaxstyle.live`: the live view of a run in the browser (``--serve``).
+- `jaxstyle.transform`, `jaxstyle.feedforward`, `jaxstyle.train_data`, `jaxstyle.model_file`: fast style,
+  a network trained per style that paints a photo in one pass.
 - `jaxstyle.outputs`, `jaxstyle.report`, `jaxstyle.commands`, `jaxstyle.cli`: the `jaxstyle` command.
 
 Importing `jaxstyle` imports nothing heavy; import the submodules you need.

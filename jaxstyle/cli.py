@@ -20,7 +20,7 @@ import traceback
 from typing import Any, Sequence
 
 from jaxstyle import __version__, runtime
-from jaxstyle.config import RunOptions, StylizeConfig, VideoConfig, as_flags, flag
+from jaxstyle.config import RunOptions, StylizeConfig, TrainConfig, VideoConfig, as_flags, flag
 from jaxstyle.errors import JaxstyleError, Stopped, UsageError
 
 DEMO = "chelsea.png in the style of van_gogh_auvers.png, both bundled"
@@ -37,6 +37,7 @@ VIDEO_EPILOG = ("Files beside an output OUT while the run is unfinished: OUT.unf
                 "exit code 2 for bad options or inputs and 1 for failures while running; --debug shows the "
                 "traceback.")
 BATCH_SIZE = 4  # images per compiled program of `jaxstyle batch`
+TRAIN_OPTIONS = ("weights", "overwrite", "resume", "checkpoint_every", "quiet", "max_pixels")  # of `RunOptions`
 # The settings `jaxstyle sweep` takes several values of (a subset of `plan.SWEEPABLE`), with their item type.
 SWEEP_FLAGS = {"content_weight": float, "style_weight": float, "tv_weight": float, "lr": float, "seed": int}
 _TUPLE_ITEMS = {"tuple[str, ...]": str, "tuple[float, ...]": float, "tuple[int, ...]": int}
@@ -49,9 +50,13 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = StylizeConfig) -> None:
-    """One ``--flag`` per dataclass field: type, default, choices and help from the field."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type = StylizeConfig,
+                         only: Sequence[str] | None = None) -> None:
+    """One ``--flag`` per dataclass field (or per field named in ``only``): type, default, choices and help
+    from the field."""
     for f in dataclasses.fields(config_cls):
+        if only is not None and f.name not in only:
+            continue
         shown = f" (default: {_show(f.default)})" if f.default not in ((), "", False) else ""
         kwargs: dict[str, Any] = {"help": f.metadata["help"] + shown, "default": argparse.SUPPRESS, "dest": f.name}
         kwargs.update({k: f.metadata[k] for k in ("choices", "metavar", "action") if k in f.metadata})
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_parser(sub)
     _add_sweep_parser(sub)
     _add_video_parser(sub)
+    _add_fast_parsers(sub)
 
     w = sub.add_parser("weights", help="fetch or inspect the VGG19 weights").add_subparsers(
         dest="weights_command", required=True, parser_class=_Parser)
@@ -134,10 +140,11 @@ def _run_parser(sub, name: str, summary: str, description: str, *, masks: bool =
     return p
 
 
-def _add_outputs_arguments(p: argparse.ArgumentParser) -> None:
+def _add_outputs_arguments(p: argparse.ArgumentParser, style: bool = True) -> None:
     from jaxstyle.images import SUPPORTED_OUTPUT_EXTENSIONS
 
-    p.add_argument("--style", required=True, nargs="+", help="style image(s) (paintings)")
+    if style:
+        p.add_argument("--style", required=True, nargs="+", help="style image(s) (paintings)")
     p.add_argument("-o", "--output-dir", required=True, metavar="OUTDIR", help="where to write (created if missing)")
     p.add_argument("--ext", default=".png", choices=SUPPORTED_OUTPUT_EXTENSIONS,
                    help="format of the outputs (default: .png)")
@@ -222,6 +229,39 @@ def _add_video_parser(sub) -> None:
     add_config_arguments(p.add_argument_group("consistency over time"), VideoConfig)
 
 
+def _add_fast_parsers(sub) -> None:
+    """``train``, ``apply`` and ``model info``: feed-forward networks (`jaxstyle.fast_command`)."""
+    p = sub.add_parser("train", help="train a feed-forward network that paints photos in one style, in one pass",
+                       description="Train a network (Johnson et al. 2016, with instance normalisation) on random "
+                                   "crops of the photos in --images, to paint them in the style of STYLE with the "
+                                   "losses of `jaxstyle stylize`; write it to MODEL. Batches are split over all "
+                                   "devices. Ctrl-C, SIGTERM or SIGHUP save a checkpoint (MODEL.checkpoint.msgpack, "
+                                   "also every --checkpoint-every steps) that --resume continues.")
+    p.add_argument("style", help="the style image (a painting)")
+    p.add_argument("--images", required=True, nargs="+", metavar="PHOTOS",
+                   help="training photos: directories (their image files), glob patterns or files")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file to write (.msgpack)")
+    add_config_arguments(p, TrainConfig)
+    add_config_arguments(p.add_argument_group("running"), RunOptions, TRAIN_OPTIONS)
+    p = sub.add_parser("apply", help="paint images with a trained network",
+                       description="Paint every image of INPUT... (files, directories, glob patterns) with MODEL "
+                                   "and write OUTDIR/<input stem><--ext>, as `jaxstyle batch` names them; outputs "
+                                   "already there are skipped unless --overwrite. Unreadable inputs are reported "
+                                   "and skipped (exit code 1).")
+    p.add_argument("model", help="a model file written by `jaxstyle train`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images: files, directories or glob patterns (quoted)")
+    _add_outputs_arguments(p, style=False)
+    p.add_argument("--size", type=int, default=0, metavar="PX",
+                   help="resize each image so that its longest side is PX first (default: 0, as it is)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="images per forward pass, split over all devices (default: 8)")
+    add_config_arguments(p.add_argument_group("running"), RunOptions, ("overwrite", "max_pixels"))
+    m = sub.add_parser("model", help="inspect a model file").add_subparsers(dest="model_command", required=True,
+                                                                            parser_class=_Parser)
+    m.add_parser("info", help="what a model file holds: network, style, settings, training").add_argument(
+        "model", help="a model file written by `jaxstyle train`")
+
+
 def _sweep_grid(args: argparse.Namespace) -> dict[str, list]:
     """The swept settings and their values; a setting given one value becomes an ordinary setting."""
     grid: dict[str, list] = {}
@@ -248,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "weights":
             return _weights_command(args)
+        if args.command in ("train", "apply", "model"):
+            return _fast_command(args)
         grid = _sweep_grid(args) if args.command == "sweep" else None
         config, options = config_from_args(args), config_from_args(args, RunOptions)
         if options.serve:  # a port that is taken is refused before anything loads
@@ -274,6 +316,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "" if isinstance(e, Stopped) else "error: "
         print(f"jaxstyle: {kind}{as_flags(str(e))}", file=sys.stderr)
         return e.exit_code
+
+
+def _fast_command(args: argparse.Namespace) -> int:
+    from jaxstyle import fast_command
+
+    if args.command == "model":
+        return fast_command.model_info(args)
+    options = config_from_args(args, RunOptions)
+    if args.command == "apply":
+        if args.size < 0 or args.batch_size < 1:
+            raise UsageError(f"`size` must be 0 or more and `batch_size` at least 1, got {args.size} and "
+                             f"{args.batch_size}")
+        return fast_command.apply(args, options)
+    runtime.configure(low_memory=False)
+    return fast_command.train(args, config_from_args(args, TrainConfig), options)
 
 
 def _weights_command(args: argparse.Namespace) -> int:

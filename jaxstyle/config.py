@@ -196,6 +196,62 @@ class VideoConfig:
             raise UsageError(f"`blend` must be in [0, 1], got {self.blend:g}")
 
 
+TRANSFORM_ARCHITECTURES = ("johnson", "johnson_half", "tiny")  # `jaxstyle.transform.ARCHITECTURES`
+# The settings of `StylizeConfig` that a feed-forward network is trained with: they mean the same there.
+LOSS_SETTINGS = ("content_weight", "style_weight", "tv_weight", "content_layers", "style_layers",
+                 "content_layer_weights", "style_layer_weights", "pooling", "style_scale", "style_loss")
+
+
+def _as_in_stylize(name: str) -> Any:
+    """The field of `StylizeConfig` called ``name``: the same default and help, declared once."""
+    f = StylizeConfig.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of training a feed-forward style network (`jaxstyle.feedforward.train`).
+
+    The loss settings (`LOSS_SETTINGS`) are `StylizeConfig`'s, with its defaults: a network trained with
+    ``style_weight`` 10 aims at what ``jaxstyle stylize --style-weight 10`` paints.
+    """
+
+    architecture: str = _field("johnson", "the network: Johnson et al.'s, or half as wide (a quarter of the "
+                               "FLOPs, for CPUs); tiny is for tests", choices=TRANSFORM_ARCHITECTURES)
+    size: int = _field(256, "side of the square crops of the photos it trains on, in pixels")
+    steps: int = _field(2000, "training steps (batches of photos)")
+    batch_size: int = _field(4, "photos per step, split over all devices")
+    lr: float = _field(1e-3, "Adam learning rate of the network's weights")
+    seed: int = _field(0, "random seed: the initial weights, and the photos' order, crops, scales and flips")
+    content_weight: float = _as_in_stylize("content_weight")
+    style_weight: float = _as_in_stylize("style_weight")
+    tv_weight: float = _as_in_stylize("tv_weight")
+    content_layers: tuple[str, ...] = _as_in_stylize("content_layers")
+    style_layers: tuple[str, ...] = _as_in_stylize("style_layers")
+    content_layer_weights: tuple[float, ...] = _as_in_stylize("content_layer_weights")
+    style_layer_weights: tuple[float, ...] = _as_in_stylize("style_layer_weights")
+    pooling: str = _as_in_stylize("pooling")
+    style_scale: float = _as_in_stylize("style_scale")
+    style_loss: str = _as_in_stylize("style_loss")
+
+    def __post_init__(self) -> None:
+        _check_finite(self)
+        _check_choices(self)
+        for name in ("size", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"`{name}` must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UsageError(f"`lr` must be positive, got {self.lr:g}")
+        self.loss_config()  # refuses what `StylizeConfig` refuses
+
+    def loss_config(self) -> StylizeConfig:
+        """The `StylizeConfig` whose losses training minimises, at the crops' size."""
+        return StylizeConfig(size=self.size, **{name: getattr(self, name) for name in LOSS_SETTINGS})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
 # Save a run's state every 100 steps: a checkpoint is a few image-sized arrays
 # (4 MB at 384 px with Adam, 30 MB with L-BFGS), written in milliseconds, while
 # 100 steps take seconds on a GPU and minutes on a CPU; runs of the default 300

@@ -217,7 +217,7 @@ class Reporter:
             from jaxstyle import live
 
             self.live = live.start(options.serve, command)
-        self.bar = None if options.quiet or not total else _progress_bar(total, done)
+        self.bar = None if options.quiet or not total else progress_bar(total, done)
         if self.live is not None:
             self.note(f"watch the run at {self.live.url}")
         self.log_rows: list[dict[str, Any]] = []
@@ -401,7 +401,8 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
-def _progress_bar(total: int, done: int = 0):
+def progress_bar(total: int, done: int = 0):
+    """The command line's progress bar (tqdm, on stderr) over ``total`` steps, ``done`` of them already."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr)

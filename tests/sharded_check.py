@@ -135,6 +135,39 @@ def check_rows(network, content, style, facts):
     facts["rows_temp_bytes"] = temp
 
 
+def check_train(network, contents, style, facts):
+    """A training step of a batch of 4 photos split over 4 devices equals the step on one device: the same
+    gradient (a well-conditioned comparison), and the same parameters after two Adam steps (Adam's first
+    steps are about lr times the gradient's sign, so a gradient near zero that rounds the other way moves a
+    weight by up to 2 lr: the tolerance measured for this problem says how far)."""
+    from jaxstyle import feedforward, model_file
+    from jaxstyle.config import TrainConfig
+
+    config = TrainConfig(architecture="tiny", size=30, steps=2, batch_size=4, lr=1e-2)
+    photos = np.stack([c[:30, :30] for c in contents[:4]])
+    split = feedforward.Trainer(network, style, config)
+    one = feedforward.Trainer(network, style, config, devices=jax.local_devices()[:1])
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in model_file.flatten(tree).values()])  # noqa: E731
+
+    def gradient(trainer, batch):
+        loss = lambda p, x: feedforward.batch_loss(p, x, model=trainer.model, network=trainer.network,  # noqa: E731
+                                                   config=config, style=trainer.style)[0]
+        grad = jax.jit(jax.grad(loss), in_shardings=(trainer.replicated, trainer.split))
+        return flat(grad(trainer.init().params, trainer.photos(batch)))
+
+    def trained(trainer, batch):
+        return flat(feedforward.train([batch, batch], trainer).params)
+
+    grad_atol = rounding_atol(lambda batch: gradient(one, batch), photos)
+    np.testing.assert_allclose(gradient(split, photos), gradient(one, photos), rtol=0, atol=grad_atol)
+    single, sharded = trained(one, photos), trained(split, photos)
+    atol = rounding_atol(lambda batch: trained(one, batch), photos)
+    np.testing.assert_allclose(sharded, single, rtol=0, atol=atol)
+    facts["train"] = {"photos": _spec(split.photos(photos)), "params": _spec(jax.tree.leaves(split.init().params)[0]),
+                      "grad_atol": grad_atol, "grad_scale": float(np.abs(gradient(one, photos)).max()),
+                      "max_abs_diff": float(np.abs(sharded - single).max()), "atol": atol}
+
+
 def main() -> int:
     facts = {"devices": jax.local_device_count()}
     rng = np.random.default_rng(0)
@@ -142,7 +175,7 @@ def main() -> int:
     style = rng.random((30, 30, 3)).astype(np.float32)
     big = _photo(64, 48)  # smooth, like a photo: random pixels make Adam amplify rounding (see check_rows)
     network = _network()
-    checks = sys.argv[1:] or ["batch", "sweep", "rows", "video"]
+    checks = sys.argv[1:] or ["batch", "sweep", "rows", "video", "train"]
     if "batch" in checks:
         check_batch(network, contents, style, facts)
     if "sweep" in checks:
@@ -151,6 +184,8 @@ def main() -> int:
         check_rows(network, big, style, facts)
     if "video" in checks:
         check_video(network, big, style, facts)
+    if "train" in checks:
+        check_train(network, contents, style, facts)
     print(json.dumps(facts))
     return 0
 

@@ -60,6 +60,15 @@ def test_a_window_of_video_frames_is_split_over_4_devices_and_equals_one_device(
     assert facts == {"spec": ["batch"], "devices": 4, "shard_shapes": [[2, 40, 48, 3]]}
 
 
+def test_a_training_step_is_split_over_4_devices_and_equals_one_device(sharded_facts):
+    """The batch of photos is split, the network's parameters replicated (the comparison ran in the subprocess)."""
+    facts = sharded_facts["train"]
+    assert facts["photos"] == {"spec": ["batch"], "devices": 4, "shard_shapes": [[1, 30, 30, 3]]}
+    assert facts["params"]["spec"] == [] and facts["params"]["devices"] == 4
+    assert facts["grad_atol"] < 1e-3 * facts["grad_scale"]  # the gradient comparison was a tight one
+    assert facts["max_abs_diff"] <= facts["atol"]
+
+
 def test_image_split_by_rows_equals_unsharded(sharded_facts):
     # The assert_allclose checks ran in the subprocess; here, how the arrays were split.
     for key in ("rows_adam_64", "rows_lbfgs_64"):  # 64 rows: 16 per device (a batch of one image)

@@ -1,0 +1,186 @@
+"""`jaxstyle train`, `apply` and `model info`, end to end on the tiny networks (VGG and transformation)."""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxstyle import cli, feedforward, images, model_file, report, train_data, transform, weights
+from jaxstyle.config import TrainConfig
+from jaxstyle.step import Network
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> pathlib.Path:
+    """Six small photo-like images and a painting, and a text file that is not an image."""
+    d = tmp_path_factory.mktemp("fast")
+    rng = np.random.default_rng(0)
+    (d / "photos").mkdir()
+    for i in range(6):
+        y, x = np.mgrid[0:40, 0:52]
+        picture = np.stack([x / 51, y / 39, 0.5 + 0.4 * np.sin((x + 7 * i) / 4.0)], -1)
+        images.save_image(d / "photos" / f"p{i}.png", np.clip(picture + rng.normal(0, 0.05, picture.shape), 0, 1))
+    (d / "photos" / "notes.png").write_text("not an image")
+    y, x = np.mgrid[0:48, 0:48]
+    images.save_image(d / "painting.png", np.stack([0.5 + 0.45 * np.sin(0.9 * x + 0.4 * y),
+                                                    0.5 + 0.45 * np.cos(0.7 * y), 0.1 + 0.8 * ((x // 5) % 2)], -1))
+    return d
+
+
+def _train(photos, tiny_weights, out, *extra) -> int:
+    return cli.main(["train", str(photos / "painting.png"), "--images", str(photos / "photos"), "-o", str(out),
+                     "--weights", str(tiny_weights), "--architecture", "tiny", "--size", "32", "--steps", str(STEPS),
+                     "--batch-size", "2", "--lr", "0.01", "--quiet", *map(str, extra)])
+
+
+@pytest.fixture(scope="module")
+def trained(photos, tiny_weights, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("model") / "tiny.msgpack"
+    assert _train(photos, tiny_weights, out) == 0
+    return out
+
+
+def test_train_writes_a_model_that_records_its_run(trained, photos, capsys):
+    params, meta = model_file.load(trained, expected_shapes=transform.expected_shapes)
+    assert meta["architecture"] == "tiny" and meta["styles"][0]["name"] == "painting.png"
+    import hashlib
+
+    assert meta["styles"][0]["sha256"] == hashlib.sha256((photos / "painting.png").read_bytes()).hexdigest()
+    assert meta["settings"]["steps"] == STEPS and meta["settings"]["style_weight"] == 10.0
+    assert meta["training"]["photos"] == 6 and meta["training"]["steps_done"] == STEPS
+    assert not trained.with_name(trained.name + ".checkpoint.msgpack").exists()
+    assert cli.main(["model", "info", str(trained)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and meta["styles"][0]["sha256"][:16] in out
+
+
+def test_a_few_steps_on_one_batch_lower_the_loss(tiny_params):
+    network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
+    rng = np.random.default_rng(1)
+    trainer = feedforward.Trainer(network, rng.uniform(0, 1, (40, 40, 3)).astype(np.float32),
+                                  TrainConfig(architecture="tiny", size=32, steps=30, batch_size=2, lr=1e-2))
+    batch = rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    reports = []
+    feedforward.train(itertools.repeat(batch), trainer, callback=reports.append)
+    losses = np.concatenate([r.loss for r in reports])
+    assert losses.shape == (30,) and np.all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])  # measured: about 0.85 -> see the note
+    assert set(reports[-1].terms) == {"content", "style", "tv"}
+
+
+def test_an_interrupted_training_resumes_to_the_same_parameters(trained, photos, tiny_weights, tmp_path,
+                                                                  monkeypatch, capsys):
+    """Interrupted after step 12 (the checkpoint holds step 10), resumed: the model equals the uninterrupted one."""
+    out = tmp_path / "m.msgpack"
+    taken = {"n": 0}
+    real_next = train_data.Prefetcher.__next__
+
+    def interrupted_next(self):
+        taken["n"] += 1
+        if taken["n"] == 13:
+            raise report.Interrupted(2)
+        return real_next(self)
+
+    monkeypatch.setattr(train_data.Prefetcher, "__next__", interrupted_next)
+    assert _train(photos, tiny_weights, out) == 130
+    assert "interrupted (SIGINT) at step 10" in capsys.readouterr().err
+    ckpt = out.with_name(out.name + ".checkpoint.msgpack")
+    assert ckpt.is_file() and not out.exists()
+    monkeypatch.setattr(train_data.Prefetcher, "__next__", real_next)
+    assert _train(photos, tiny_weights, out) == 2  # an unfinished run is not started over by accident
+    assert "--resume" in capsys.readouterr().err
+    assert _train(photos, tiny_weights, out, "--resume", "--lr", "0.02") == 2
+    assert "settings differ" in capsys.readouterr().err
+    assert _train(photos, tiny_weights, out, "--resume") == 0
+    resumed, _ = model_file.load(out)
+    uninterrupted, _ = model_file.load(trained)
+    for key, value in model_file.flatten(uninterrupted).items():
+        np.testing.assert_array_equal(model_file.flatten(resumed)[key], value, err_msg=key)  # the same steps
+    assert not ckpt.exists()
+
+
+def test_apply_paints_a_folder_as_batch_names_it_and_skips_what_is_done(trained, photos, tmp_path, capsys):
+    outdir = tmp_path / "out"
+    assert cli.main(["apply", str(trained), str(photos / "photos"), "-o", str(outdir), "--batch-size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "notes.png" in err and "6 written" in err and "1 failed" in err  # the text file: reported, skipped
+    written = sorted(p.name for p in outdir.iterdir())
+    assert written == [f"p{i}.png" for i in range(6)]
+    params, meta = model_file.load(trained)
+    model = transform.model_for(meta["architecture"])
+    for i in (0, 5):  # each equals the picture painted alone
+        alone = np.asarray(transform.apply(model, params, images.load_image(photos / "photos" / f"p{i}.png")[None]))[0]
+        np.testing.assert_allclose(images.load_image(outdir / f"p{i}.png"), alone, rtol=0, atol=0.5 / 255 + 1e-5)
+    assert cli.main(["apply", str(trained), str(photos / "photos" / "p0.png"), "-o", str(outdir)]) == 0
+    err = capsys.readouterr().err
+    assert "0 written" in err and "1 already done" in err
+
+
+def test_a_batch_of_pictures_equals_each_painted_alone(trained):
+    params, meta = model_file.load(trained)
+    model = transform.model_for(meta["architecture"])
+    rng = np.random.default_rng(3)
+    pictures = [rng.uniform(0, 1, shape).astype(np.float32) for shape in [(20, 28, 3), (20, 28, 3), (17, 9, 3),
+                                                                          (20, 28, 3), (17, 9, 3)]]
+    together = feedforward.stylize_images(model, params, pictures, batch_size=4)
+    for picture, painted in zip(pictures, together):
+        alone = feedforward.stylize_images(model, params, [picture], batch_size=1)[0]
+        assert painted.shape == picture.shape
+        np.testing.assert_allclose(painted, alone, rtol=0, atol=1e-5)  # float32 sums in another order
+
+
+def test_apply_resizes_with_size(trained, photos, tmp_path):
+    outdir = tmp_path / "small"
+    assert cli.main(["apply", str(trained), str(photos / "photos" / "p1.png"), "-o", str(outdir), "--size", "26"]) == 0
+    assert Image.open(outdir / "p1.png").size == (26, 20)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: d / "none.msgpack", "no model file at"),
+    (lambda d: (d / "bad.msgpack").write_bytes(b"\x00" * 64) and d / "bad.msgpack", "not a jaxstyle model file"),
+])
+def test_apply_refuses_a_missing_or_foreign_model_in_one_line(make, words, photos, tmp_path, capsys):
+    model = make(tmp_path)
+    assert cli.main(["apply", str(model), str(photos / "photos"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err.lower() and not (tmp_path / "out").exists()
+
+
+def test_apply_refuses_a_model_of_another_architecture(trained, tmp_path, photos, capsys):
+    params, meta = model_file.load(trained)
+    other = tmp_path / "other.msgpack"
+    model_file.save(other, params, {**meta, "architecture": "johnson_half"})
+    assert cli.main(["apply", str(other), str(photos / "photos"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not fit johnson_half" in err and not (tmp_path / "out").exists()
+
+
+def test_train_refuses_an_empty_folder_and_an_output_over_an_input(photos, tiny_weights, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = cli.main(["train", str(photos / "painting.png"), "--images", str(tmp_path / "empty"), "-o",
+                     str(tmp_path / "m.msgpack"), "--weights", str(tiny_weights)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no usable training image" in err
+    code = cli.main(["train", str(photos / "painting.png"), "--images", str(photos / "photos"), "-o",
+                     str(photos / "painting.png"), "--weights", str(tiny_weights)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "style image" in err
+    assert images.load_image(photos / "painting.png").shape == (48, 48, 3)
+
+
+def test_the_training_step_lowers_for_gpu_and_tpu(tiny_params):
+    network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
+    config = TrainConfig(architecture="tiny", size=32, steps=1, batch_size=2)
+    trainer = feedforward.Trainer(network, np.full((32, 32, 3), 0.5, np.float32), config)
+    state = jax.eval_shape(trainer.init)
+    photos = jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32)
+    for platform in ("cuda", "tpu"):
+        exported = jax.export.export(trainer.step, platforms=(platform,))(state, photos)
+        assert exported.platforms == (platform,)
