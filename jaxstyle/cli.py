@@ -245,9 +245,10 @@ def _add_fast_parsers(sub) -> None:
     add_config_arguments(p.add_argument_group("running"), RunOptions, TRAIN_OPTIONS)
     p = sub.add_parser("apply", help="paint images with a trained network",
                        description="Paint every image of INPUT... (files, directories, glob patterns) with MODEL "
-                                   "and write OUTDIR/<input stem><--ext>, as `jaxstyle batch` names them; outputs "
-                                   "already there are skipped unless --overwrite. Unreadable inputs are reported "
-                                   "and skipped (exit code 1).")
+                                   "and write OUTDIR/<input stem><--ext>, as `jaxstyle batch` names them; a video "
+                                   "file given by name is painted frame by frame into OUTDIR/<stem> in its own "
+                                   "container (.mp4 for others), with its sound. Outputs already there are skipped "
+                                   "unless --overwrite. Unreadable inputs are reported and skipped (exit code 1).")
     p.add_argument("model", help="a model file written by `jaxstyle train`")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images: files, directories or glob patterns (quoted)")
     _add_outputs_arguments(p, style=False)

@@ -175,16 +175,29 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
     params, meta = model_file.load(model_path, expected_shapes=transform.expected_shapes)
     outdir = outputs.check_output_dir(args.output_dir)
     files, problems = batch_io.expand_inputs(args.inputs)
-    contents, outs, notes = outputs.plan_batch(files, outdir, args.ext,
-                                               outputs.inputs_by_path([("the model", model_path)]))
+    model_input = outputs.inputs_by_path([("the model", model_path)])
+    contents, outs, notes = outputs.plan_batch(files, outdir, args.ext, model_input)
+    # A video in, a video out: OUTDIR/<stem> with its container (H.264), never over an input.
+    outs = [_clip_output(c, o) if _is_clip(c) else o for c, o in zip(contents, outs)]
+    outputs.check_not_inputs([(f"the output of {str(c)!r}", o) for c, o in zip(contents, outs) if _is_clip(c)],
+                             {**model_input, **outputs.inputs_by_path([("an input", c) for c in contents])})
     for line in notes:
         note(line)
     failed = [f"{arg} ({message})" for arg, message in problems]
     for line in failed:
         note(f"skipped {line}")
     todo = [i for i in range(len(contents)) if options.overwrite or not outs[i].exists()]
+    done = len(contents) - len(todo)
     model = transform.model_for(meta["architecture"], len(meta["styles"]))
     written, started = 0, time.perf_counter()
+    for i in [i for i in todo if _is_clip(contents[i])]:
+        try:
+            _apply_clip(model, params, contents[i], outs[i], args, options)
+            written += 1
+        except JaxstyleError as e:
+            note(f"skipped {contents[i]}: {e}")
+            failed.append(str(contents[i]))
+    todo = [i for i in todo if not _is_clip(contents[i])]
     for at in range(0, len(todo), args.batch_size):
         chunk, pictures = [], []
         for i in todo[at:at + args.batch_size]:
@@ -206,8 +219,32 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
             written += 1
     seconds = time.perf_counter() - started
     note(f"apply: {len(contents) + len(problems)} inputs: {written} written in {seconds:.1f} s, "
-         f"{len(contents) - len(todo)} already done (skipped), {len(failed)} failed")
+         f"{done} already done (skipped), {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _is_clip(path: pathlib.Path) -> bool:
+    from jaxstyle.video_io import VIDEO_EXTENSIONS
+
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _clip_output(source: pathlib.Path, image_output: pathlib.Path) -> pathlib.Path:
+    from jaxstyle.video_io import WRITABLE_VIDEO
+
+    suffix = source.suffix.lower()
+    return image_output.with_name(source.stem + (suffix if suffix in WRITABLE_VIDEO else ".mp4"))
+
+
+def _apply_clip(model, params, source: pathlib.Path, output: pathlib.Path, args: argparse.Namespace,
+                options: RunOptions) -> None:
+    """Paint a video frame by frame (no temporal loss: `jaxstyle video` is the flicker-free way) and write it
+    at the source's rate, with its sound."""
+    from jaxstyle import feedforward, video_io
+
+    clip = video_io.read_clip(source, max_pixels=options.max_pixels, size=args.size or None)
+    painted = feedforward.stylize_images(model, params, clip.frames, batch_size=args.batch_size)
+    video_io.write_clip(output, painted, clip.fps, audio=clip.audio, overwrite=options.overwrite)
 
 
 def model_info(args: argparse.Namespace) -> int:

@@ -184,3 +184,29 @@ def test_the_training_step_lowers_for_gpu_and_tpu(tiny_params):
     for platform in ("cuda", "tpu"):
         exported = jax.export.export(trainer.step, platforms=(platform,))(state, photos)
         assert exported.platforms == (platform,)
+
+
+def test_apply_paints_a_video_frame_by_frame_at_its_rate(trained, tmp_path, capsys):
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+
+    from jaxstyle import video_io
+
+    y, x = np.mgrid[0:24, 0:32]
+    frames = [np.stack([(x + 2 * k) / 40, y / 24, 0.5 + 0.3 * np.sin((x + k) / 5)], -1).astype(np.float32)
+              for k in range(5)]
+    clip = tmp_path / "clip.mp4"
+    video_io.write_clip(clip, frames, Fraction(12))
+    outdir = tmp_path / "out"
+    assert cli.main(["apply", str(trained), str(clip), "-o", str(outdir)]) == 0
+    painted = video_io.read_clip(outdir / "clip.mp4")
+    source = video_io.read_clip(clip)
+    assert len(painted.frames) == 5 and painted.fps == Fraction(12) and painted.frames[0].shape == (24, 32, 3)
+    params, meta = model_file.load(trained)
+    expected = feedforward.stylize_images(transform.model_for(meta["architecture"]), params, source.frames)
+    # H.264 (4:2:0, crf 18) on frames this small loses colour detail: measured 0.027 mean difference from
+    # the frames painted here, against 0.37 between those and the unpainted frames.
+    error = np.mean([np.abs(a - b).mean() for a, b in zip(painted.frames, expected)])
+    unpainted = np.mean([np.abs(a - b).mean() for a, b in zip(source.frames, expected)])
+    assert error < 0.25 * unpainted, (error, unpainted)
+    assert av is not None
