@@ -410,6 +410,7 @@ class LiveServer:
 
     def __init__(self, board: Board, server, url: str, sock: socket.socket):
         self.board, self.server, self.url, self.sock = board, server, url, sock
+        self.sigpipe = _ignore_sigpipe()
         self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                        name="jaxstyle-live", daemon=True)
         self.thread.start()
@@ -419,6 +420,23 @@ class LiveServer:
         self.server.shutdown()
         self.server.server_close()
         self.sock.close()
+        if self.sigpipe is not None:
+            signal.signal(signal.SIGPIPE, self.sigpipe)
+
+
+def _ignore_sigpipe():
+    """Ignore SIGPIPE while serving; returns its handler before (None: not changed).
+
+    The console script gives SIGPIPE its default action, so that ``jaxstyle ... | head`` ends quietly;
+    with it, a write to the socket of a browser that went away would kill the whole run. Ignored, that
+    write fails with EPIPE in the server's thread for that browser only.
+    """
+    if not hasattr(signal, "SIGPIPE"):
+        return None
+    try:
+        return signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are the main thread's to set
+        return None
 
 
 def start(address: str, command: str, *, stop=None) -> LiveServer:

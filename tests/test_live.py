@@ -309,6 +309,43 @@ def test_a_client_that_never_reads_does_not_block_the_run_or_the_others(served):
     print(f"300 reports with 4 stalled clients: {took:.2f} s")
 
 
+SIGPIPE_CHECK = """
+import signal, socket, sys, time
+import numpy as np
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as the console script sets it
+sys.path.insert(0, sys.argv[1])
+from test_live import _progress, _pictures
+from jaxstyle import live
+server = live.start("0", "stylize", stop=lambda: None)
+port = server.server.server_address[1]
+server.board.configure({"notes": "x" * 65536})
+server.board.start(["a.png"])
+for _ in range(5):  # browsers that read the start of the stream, then go away
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /events HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n".encode())
+    s.recv(1000)
+    s.close()  # as a closed tab: the server's next write draws a reset, and the one after it fails
+for step in range(10, 1010, 10):
+    server.board.report(_progress(step, _pictures(1), steps=1000), seconds_left=None, memory=None)
+    time.sleep(0.002)
+server.close()
+print("alive", signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL)
+"""
+
+
+def test_a_browser_that_goes_away_does_not_end_the_run():
+    """With SIGPIPE's default action (the console script's), writing to a closed browser's socket would
+    kill the process; the live view ignores SIGPIPE while it serves, and restores it after."""
+    import os
+    import pathlib
+    import subprocess
+
+    here = pathlib.Path(__file__).parent
+    run = subprocess.run([sys.executable, "-c", SIGPIPE_CHECK, str(here)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0 and run.stdout.split() == ["alive", "True"], (run.returncode, run.stderr[-2000:])
+
+
 # ----------------------------------------------------------------------------
 # The reporter feeds it
 
