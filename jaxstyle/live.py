@@ -24,6 +24,7 @@ Stopping sends the run the SIGINT that Ctrl-C sends, so it ends the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib.resources
@@ -421,7 +422,8 @@ class LiveServer:
         self.server.server_close()
         self.sock.close()
         if self.sigpipe is not None:
-            signal.signal(signal.SIGPIPE, self.sigpipe)
+            with contextlib.suppress(ValueError):  # closed from another thread: left ignored
+                signal.signal(signal.SIGPIPE, self.sigpipe)
 
 
 def _ignore_sigpipe():
