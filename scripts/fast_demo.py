@@ -18,29 +18,16 @@ import argparse
 import pathlib
 import time
 
-import jax.numpy as jnp
 import numpy as np
+from measure_quality import distances  # scripts/: the same measures as the gallery's
 
-from jaxstyle import batch_io, feedforward, images, losses, model_file, optimize, plan, step, transform, weights
-from jaxstyle.config import CONTENT_LAYERS, STYLE_LAYERS, StylizeConfig
+from jaxstyle import batch_io, feedforward, images, model_file, optimize, plan, transform, weights
+from jaxstyle.config import STYLE_LAYERS, StylizeConfig
 
 ROOT = pathlib.Path(__file__).parents[1]
 PHOTOS = {"chelsea": ROOT / "jaxstyle" / "examples" / "chelsea.png", "coffee": ROOT / "docs" / "images" / "video" /
           "coffee.png"}
 STYLE = ROOT / "jaxstyle" / "examples" / "van_gogh_auvers.png"
-
-
-def distances(network, picture: np.ndarray, photo: np.ndarray, style: np.ndarray) -> tuple[list[float], float]:
-    """measure_quality.py's numbers: normalised Gram distance per style layer, normalised content distance."""
-    image = jnp.asarray(picture)
-    hw = image.shape[:2]
-    style_r = step.resize(style, plan.output_shape(style.shape, max(hw)))
-    target = {n: losses.gram_matrix(f) for n, f in network.features(style_r, STYLE_LAYERS).items()}
-    c_target = network.features(step.resize(photo, hw), CONTENT_LAYERS)[CONTENT_LAYERS[0]]
-    feats = network.features(image, STYLE_LAYERS + CONTENT_LAYERS)
-    style_d = [float(losses.gram_distance(losses.gram_matrix(feats[n]), target[n]) / jnp.mean(target[n] ** 2))
-               for n in STYLE_LAYERS]
-    return style_d, float(losses.content_loss(feats[CONTENT_LAYERS[0]], c_target) / jnp.mean(c_target ** 2))
 
 
 def main() -> None:
