@@ -174,11 +174,15 @@ def _add_batch_parser(sub) -> None:
                         "(outputs equal `jaxstyle stylize`) (default: pad)")
     p.add_argument("--bucket-step", type=int, default=32, metavar="PX",
                    help="rounding of the shorter side for --bucket pad or crop, in pixels (default: 32)")
+    _add_distributed_arguments(p, "process i of N takes inputs i, i+N, i+2N, ... and writes their outputs")
+
+
+def _add_distributed_arguments(p: argparse.ArgumentParser, share: str) -> None:
+    """``--distributed`` and the three options that say where the other processes are (`commands.start_processes`)."""
     g = p.add_argument_group("several hosts (see docs/batch.md)")
     g.add_argument("--distributed", action="store_true",
-                   help="start jax.distributed: process i of N takes inputs i, i+N, i+2N, ... and writes their "
-                        "outputs; found automatically on TPU pods, SLURM and Open MPI, else give the three "
-                        "options below")
+                   help=f"start jax.distributed: {share}; found automatically on TPU pods, SLURM and Open MPI, "
+                        "else give the three options below")
     g.add_argument("--coordinator-address", metavar="HOST:PORT", help="address of process 0 (with --distributed)")
     g.add_argument("--num-processes", type=int, metavar="N", help="number of processes (with --distributed)")
     g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1 (with --distributed)")
@@ -243,6 +247,8 @@ def _add_fast_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file to write (.msgpack)")
     add_config_arguments(p, TrainConfig)
     add_config_arguments(p.add_argument_group("running"), RunOptions, TRAIN_OPTIONS)
+    _add_distributed_arguments(p, "each step's batch is split over the devices of all N processes, each process "
+                                  "loading its own photos; process 0 reports and writes MODEL")
     p = sub.add_parser("apply", help="paint images with a trained network",
                        description="Paint every image of INPUT... (files, directories, glob patterns) with MODEL "
                                    "and write OUTDIR/<input stem><--ext>, as `jaxstyle batch` names them; a video "

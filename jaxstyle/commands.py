@@ -347,7 +347,7 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     every_input = {**inputs.by_path, **outputs.inputs_by_path([("a content image", f) for f in contents])}
     outputs.check_log(options.log, every_input, outs)
     run = _Batch(args, inputs, contents, outs)
-    process, processes = _start_processes(args)  # JAX starts here, after the checks
+    process, processes = start_processes(args)  # JAX starts here, after the checks
     ckpt = outdir / ("batch.checkpoint.npz" if processes == 1 else f"batch.process{process}.checkpoint.npz")
     resume = checkpoint_state(ckpt, options)
     if process == 0:  # every process sees the same arguments; one reports them
@@ -384,6 +384,12 @@ def _check_batch_options(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UsageError(f"`batch_size` must be at least 1, got {args.batch_size}")
     batch_io.bucket_shape((16, 16), 16, policy=args.bucket, step=args.bucket_step)  # refuses bad values
+    check_distributed_options(args)
+
+
+def check_distributed_options(args: argparse.Namespace) -> None:
+    """Refuse ``--coordinator-address``, ``--num-processes`` or ``--process-id`` without ``--distributed``, or
+    out of range (before JAX starts)."""
     given = [a for a in ("coordinator_address", "num_processes", "process_id") if getattr(args, a) is not None]
     if given and not args.distributed:
         raise UsageError(f"`{given[0]}` needs `distributed`")
@@ -393,7 +399,7 @@ def _check_batch_options(args: argparse.Namespace) -> None:
         raise UsageError(f"`process_id` must be from 0 to `num_processes` - 1, got {args.process_id}")
 
 
-def _start_processes(args: argparse.Namespace) -> tuple[int, int]:
+def start_processes(args: argparse.Namespace) -> tuple[int, int]:
     """``(this process's index, number of processes)``, starting `jax.distributed` if asked."""
     import jax
 

@@ -20,11 +20,10 @@ import pathlib
 import sys
 import time
 
-import numpy as np
 
 from jaxstyle import batch_io, images, model_file, outputs, plan, report, train_data, weights
 from jaxstyle._files import atomic_write_bytes
-from jaxstyle.commands import checkpoint_state, note
+from jaxstyle.commands import check_distributed_options, checkpoint_state, note, start_processes
 from jaxstyle.config import RunOptions, TrainConfig
 from jaxstyle.errors import JaxstyleError, Stopped, UsageError
 
@@ -32,21 +31,27 @@ CHECKPOINT_SUFFIX = ".checkpoint.msgpack"
 
 
 def train(args: argparse.Namespace, config: TrainConfig, options: RunOptions) -> int:
-    """``jaxstyle train``."""
+    """``jaxstyle train``: with ``--distributed``, every process runs it; process 0 reports and writes the model."""
+    check_distributed_options(args)
     style_path, output = pathlib.Path(args.style), pathlib.Path(args.output)
     paths, skipped = train_data.training_images(args.images, max_pixels=options.max_pixels)
     every_input = outputs.inputs_by_path([("the style image", style_path),
                                           *(("a training photo", p) for p in paths)])
     outputs.check_not_inputs([("the model", output)], every_input)
-    ckpt = output.with_name(output.name + CHECKPOINT_SUFFIX)
-    outputs.check_not_inputs([("the checkpoint", ckpt)], every_input)
     if output.exists() and not options.overwrite:
         raise UsageError(f"{str(output)!r} exists; pass `overwrite` to replace it")
-    resume = checkpoint_state(ckpt, options)
     style = images.load_image(style_path, max_pixels=options.max_pixels)
-    for path, why in skipped:
-        note(f"skipped {path}: {why}")
     shapes = [images.image_shape(p, max_pixels=options.max_pixels) for p in paths]
+    process, processes = start_processes(args)  # JAX starts here, after the checks
+    # Every process keeps its own checkpoint (the states are the same; hosts need not share a disk).
+    ckpt = output.with_name(output.name + (f".process{process}" if processes > 1 else "") + CHECKPOINT_SUFFIX)
+    outputs.check_not_inputs([("the checkpoint", ckpt)], every_input)
+    resume = checkpoint_state(ckpt, options)
+    if process == 0:
+        for path, why in skipped:
+            note(f"skipped {path}: {why}")
+    else:
+        options = dataclasses.replace(options, quiet=True)
     params, meta = weights.load(options.weights or None)
     plan.check_layers(config.loss_config(), plan.ARCHITECTURES[meta["architecture"]][0])
     record = _record(config, style_path, paths, meta)
@@ -57,11 +62,13 @@ def train(args: argparse.Namespace, config: TrainConfig, options: RunOptions) ->
     started = time.perf_counter()
     state, waited, losses = _fit(trainer, state, paths, shapes, ckpt, record, options)
     seconds = time.perf_counter() - started
+    state = feedforward.host(state)
     training = {**record["training"], "steps_done": int(state.step), "final_loss": losses[-1] if losses else None,
                 "seconds": round(seconds, 1), "data_wait_seconds": round(waited, 2),
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    model_file.save(output, _host(state.params), {**{k: v for k, v in record.items() if k != "training"},
-                                                  "training": training})
+    if process == 0:
+        model_file.save(output, state.params, {**{k: v for k, v in record.items() if k != "training"},
+                                               "training": training})
     report.remove(ckpt)
     if not options.quiet:
         print(f"wrote {output} ({config.steps} steps in {seconds:.0f} s; the photos kept the device waiting "
@@ -98,7 +105,7 @@ def _fit(trainer, state, paths, shapes, ckpt: pathlib.Path, record: dict, option
     with report.signals_end_runs():
         try:
             with train_data.Prefetcher(paths, shapes, seed=config.seed, batch_size=config.batch_size,
-                                       size=config.size, start=done, stop=config.steps,
+                                       size=config.size, start=done, stop=config.steps, rows=trainer.rows,
                                        on_unreadable=lambda path, why: note(f"skipped {path}: {why}")) as batches:
                 state = feedforward.train(batches, trainer, state=state, callback=on_report)
                 return state, batches.waited, losses
@@ -107,7 +114,7 @@ def _fit(trainer, state, paths, shapes, ckpt: pathlib.Path, record: dict, option
                 raise Stopped(f"interrupted ({e}) before the first steps finished; nothing to save",
                               e.exit_code) from None
             _save_checkpoint(ckpt, latest["state"], record)
-            raise Stopped(f"interrupted ({e}) at step {int(latest['state'].step)}; saved {ckpt} "
+            raise Stopped(f"interrupted ({e}) at step {int(feedforward.host(latest['state'].step))}; saved {ckpt} "
                           "(continue with --resume)", e.exit_code) from None
         finally:
             if bar is not None:
@@ -124,35 +131,27 @@ def _record(config: TrainConfig, style_path: pathlib.Path, paths, meta: dict) ->
                          "vgg_sha256": meta["params_sha256"]}}
 
 
-def _host(tree):
-    import jax
-
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), tree)
-
-
 def _save_checkpoint(path: pathlib.Path, state, record: dict) -> None:
     """The training state and its record, as msgpack (`flax.serialization`: no code can ride in it)."""
     from flax import serialization
 
+    from jaxstyle import feedforward
+
     data = serialization.msgpack_serialize({"record": json.dumps(record, sort_keys=True),
-                                            "state": serialization.to_state_dict(_host_state(state))})
+                                            "state": serialization.to_state_dict(feedforward.host(state))})
     atomic_write_bytes(path, data)
-
-
-def _host_state(state):
-    import jax
-
-    return jax.tree.map(np.asarray, state)
 
 
 def _load_checkpoint(path: pathlib.Path, trainer, record: dict):
     """The state saved in ``path``, checked against this run's record and the network's structure."""
     from flax import serialization
 
+    from jaxstyle import feedforward
+
     try:
         saved = serialization.msgpack_restore(path.read_bytes())
         saved_record = json.loads(saved["record"])
-        state = serialization.from_state_dict(_host_state(trainer.init()), saved["state"])
+        state = serialization.from_state_dict(feedforward.host(trainer.init()), saved["state"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"cannot resume from {str(path)!r}: it is damaged or not a training checkpoint "
                          f"({str(e).splitlines()[0][:120]}); pass `overwrite` to start afresh") from None

@@ -20,6 +20,9 @@ A training step is one pure function of (state, photos), jitted once with its
 shardings: the parameters and the optimiser's state replicated on every device,
 the batch split along its first axis. The mean over the batch becomes an
 all-reduce of the gradients, so data parallelism is a layout, not a rewrite.
+With several processes (`jax.distributed`) the mesh holds every process's
+devices: each process loads only its rows of the batch (`Trainer.rows`), and
+the same all-reduce crosses hosts.
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ class Trainer:
       network: the VGG and its weights.
       style: the style image, RGB in [0, 1], (h, w, 3).
       config: the training settings; ``batch_size`` must be a multiple of the device count.
-      devices: the devices to train on (default: all).
+      devices: the devices to train on (default: all, those of every process under `jax.distributed`).
     Raises:
       UsageError: ``batch_size`` does not split evenly over the devices.
     """
@@ -161,7 +164,7 @@ class Trainer:
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, PartitionSpec("batch"))
-        self.network, self.style = network, jax.device_put(style_goal(network, style, config), self.replicated)
+        self.network, self.style = network, jax.device_put(host(style_goal(network, style, config)), self.replicated)
         self.step = jax.jit(functools.partial(train_step, model=self.model, network=network, config=config,
                                               style=self.style),
                             in_shardings=(self.replicated, self.split), out_shardings=self.replicated)
@@ -169,15 +172,29 @@ class Trainer:
     def init(self) -> TrainState:
         """Fresh weights (from ``config.seed``) and Adam's state, replicated."""
         params = transform.init_params(self.config.architecture, jax.random.key(self.config.seed))
-        return self.place(TrainState(params, optimizer(self.config).init(params), jnp.int32(0)))
+        return self.place(host(TrainState(params, optimizer(self.config).init(params), jnp.int32(0))))
 
     def place(self, state: TrainState) -> TrainState:
-        """A state (for example a resumed one, on the host) replicated on the devices."""
+        """A state on the host (the same in every process) replicated on the devices."""
         return jax.device_put(state, self.replicated)
 
-    def photos(self, batch: np.ndarray) -> jax.Array:
-        """A batch of photos (n, h, w, 3) split over the devices."""
-        return jax.device_put(np.asarray(batch, np.float32), self.split)
+    @property
+    def rows(self) -> slice:
+        """The rows of each batch that this process's devices hold: all of them with one process."""
+        shape = (self.config.batch_size, self.config.size, self.config.size, 3)
+        starts = [index[0].indices(shape[0])[:2] for index in self.split.addressable_devices_indices_map(shape).values()]
+        return slice(min(a for a, _ in starts), max(b for _, b in starts))
+
+    def photos(self, rows: np.ndarray) -> jax.Array:
+        """A batch of photos split over the devices, from this process's `rows` of it, (rows, h, w, 3)."""
+        shape = (self.config.batch_size, *np.shape(rows)[1:])
+        return jax.make_array_from_process_local_data(self.split, np.asarray(rows, np.float32), shape)
+
+
+def host(tree: Any) -> Any:
+    """A pytree of replicated arrays as NumPy arrays: each from this process's first copy (under
+    `jax.distributed` the other processes' copies are not this one's to read)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x), tree)
 
 
 def train(batches: Iterable[np.ndarray], trainer: Trainer, *, state: TrainState | None = None,
@@ -185,8 +202,9 @@ def train(batches: Iterable[np.ndarray], trainer: Trainer, *, state: TrainState 
     """Train until ``trainer.config.steps``: one batch from ``batches`` per step.
 
     Args:
-      batches: (batch_size, size, size, 3) RGB in [0, 1], from the step the state is at
-        (`jaxstyle.train_data.Prefetcher`); an object with a ``waited`` attribute reports the delay.
+      batches: this process's `Trainer.rows` of each batch, (rows, size, size, 3) RGB in [0, 1], from the
+        step the state is at (`jaxstyle.train_data.Prefetcher`); an object with a ``waited`` attribute
+        reports the delay.
       trainer: the compiled step and its layout.
       state: where to continue from (default: `Trainer.init`).
       callback: called with a `TrainProgress` every ``report_every`` steps and at the end.
@@ -202,8 +220,8 @@ def train(batches: Iterable[np.ndarray], trainer: Trainer, *, state: TrainState 
         pending.append(value)
         done += 1
         if callback is not None and (done % report_every == 0 or done == config.steps):
-            callback(TrainProgress(step=done, steps=config.steps, loss=np.asarray(jnp.stack(pending)),
-                                   terms={k: float(v) for k, v in terms.items()},
+            callback(TrainProgress(step=done, steps=config.steps, loss=host(jnp.stack(pending)),
+                                   terms={k: float(v) for k, v in host(terms).items()},
                                    elapsed=time.perf_counter() - start, waited=float(getattr(batches, "waited", 0.0)),
                                    state=state))
             pending = []

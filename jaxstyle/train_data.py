@@ -413,6 +413,7 @@ class Prefetcher:
       shapes: (h, w) of each file, upright (`images.image_shape`).
       seed, batch_size, size: as `crop_plan`.
       start, stop: the first batch, and the one after the last.
+      rows: which crops of each batch to make (default all): one process's share under `jax.distributed`.
       depth: the most batches made ahead of the consumer, 1 or more.
       cache: decoded images (default: a new `ImageCache`); used by the
         thread only while it runs.
@@ -420,7 +421,7 @@ class Prefetcher:
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], shapes: Sequence[Sequence[int]], *, seed: int,
-                 batch_size: int, size: int, start: int, stop: int, depth: int = 2,
+                 batch_size: int, size: int, start: int, stop: int, rows: slice = slice(None), depth: int = 2,
                  cache: ImageCache | None = None, on_unreadable: OnUnreadable | None = None):
         _check_settings(seed, batch_size, size)
         if not 0 <= start <= stop:
@@ -437,7 +438,7 @@ class Prefetcher:
         self._stopping = threading.Event()
         self._done = start == stop
         job = dict(paths=list(paths), shapes=[tuple(s) for s in shapes], seed=seed, batch_size=batch_size,
-                   size=size, indices=range(start, stop), cache=ImageCache() if cache is None else cache,
+                   size=size, indices=range(start, stop), rows=rows, cache=ImageCache() if cache is None else cache,
                    on_unreadable=on_unreadable)
         # The thread holds no reference to self, so a Prefetcher dropped without close() still stops it.
         self._thread = threading.Thread(target=_produce, name="jaxstyle-prefetch", daemon=True,
@@ -459,7 +460,7 @@ class Prefetcher:
         return self
 
     def __next__(self) -> np.ndarray:
-        """The next batch, float32 (batch_size, size, size, 3) in [0, 1].
+        """The next batch's ``rows``, float32 (rows, size, size, 3) in [0, 1].
 
         Raises:
           StopIteration: after batch ``stop - 1``, or once closed.
@@ -509,7 +510,7 @@ def _produce(job: dict, batches: queue.SimpleQueue, slots: threading.Semaphore, 
                 break
             began = time.perf_counter()
             plan = crop_plan(job["seed"], index, len(job["paths"]), job["shapes"],
-                             batch_size=job["batch_size"], size=job["size"])
+                             batch_size=job["batch_size"], size=job["size"])[job["rows"]]
             batch = load_batch(job["paths"], plan, size=job["size"], cache=job["cache"],
                                on_unreadable=job["on_unreadable"])
             counters.produced_seconds += time.perf_counter() - began

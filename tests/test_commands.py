@@ -8,28 +8,20 @@ stylize command's options in tests/test_cli.py.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from jaxstyle import cli, images
+from processes import run_distributed
 from synthetic import photo
 
 LEVEL = 1 / 255  # one step of an 8-bit PNG
-JAXSTYLE = pathlib.Path(sys.executable).with_name("jaxstyle")
 
 
 def _photo(height: int, width: int, seed: int) -> np.ndarray:
     return photo(height, width, seed=seed)
-
-
-def _env(devices: int) -> dict[str, str]:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
 @pytest.fixture
@@ -121,23 +113,14 @@ def test_command_usage_errors(argv, words, capsys):
     assert err.startswith("jaxstyle: error:") and words in err and len(err.strip().splitlines()) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_with_jax_distributed_share_the_inputs(inputs, tiny_weights, tmp_path):
     """Two `jaxstyle batch --distributed` processes on localhost (CPU, gloo): each writes its share."""
     (inputs / "broken.png").unlink()
-    port = _free_port()
-    common = ["batch", str(inputs), "--style", str(inputs.parent / "style.png"), "-o", str(tmp_path / "multi"),
-              "--weights", str(tiny_weights), "--size", "32", "--steps", "10", "--quiet", "--distributed",
-              "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2"]
-    procs = [subprocess.Popen([str(JAXSTYLE), *common, "--process-id", str(i)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=_env(1)) for i in range(2)]
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs
+    ran = run_distributed(["batch", str(inputs), "--style", str(inputs.parent / "style.png"), "-o",
+                           str(tmp_path / "multi"), "--weights", str(tiny_weights), "--size", "32", "--steps", "10",
+                           "--quiet"])
+    assert [code for code, _ in ran] == [0, 0], ran
+    errs = [err for _, err in ran]
     assert "process 0 of 2): 2 inputs: 2 written" in errs[0]  # a.png, c.png
     assert "process 1 of 2): 2 inputs: 2 written" in errs[1]  # b.png, d.png
     assert _batch(inputs, tiny_weights, tmp_path / "one") == 0

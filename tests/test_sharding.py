@@ -8,7 +8,6 @@ problem) and the facts about how arrays were split come back as JSON.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -19,11 +18,11 @@ import numpy as np
 import pytest
 
 from jaxstyle import cli, images, sharding
+from processes import JAXSTYLE, cpu_env
 from synthetic import photo
 
 LEVEL = 1 / 255  # one step of an 8-bit PNG
 HERE = pathlib.Path(__file__).parent
-JAXSTYLE = pathlib.Path(sys.executable).with_name("jaxstyle")
 
 
 @pytest.fixture
@@ -34,15 +33,11 @@ def inputs(tmp_path) -> pathlib.Path:
     return d
 
 
-def _env(devices: int) -> dict[str, str]:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
-
 @pytest.fixture(scope="module")
 def sharded_facts() -> dict:
     """Run tests/sharded_check.py on 4 fake CPU devices; its own assert_allclose checks must pass."""
     run = subprocess.run([sys.executable, str(HERE / "sharded_check.py")], capture_output=True, text=True,
-                         env=_env(4), timeout=900)
+                         env=cpu_env(4), timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -87,7 +82,7 @@ def test_shard_image_option_of_the_console_script(inputs, tiny_weights, tmp_path
     args = [str(inputs / "a.png"), "--style", str(inputs.parent / "style.png"), "--weights", str(tiny_weights),
             "--size", "64", "--steps", "10", "--quiet"]  # 48 rows: 3 devices of 16 rows (relu5_1)
     sharded = subprocess.run([str(JAXSTYLE), "stylize", *args, "-o", str(tmp_path / "rows.png"), "--shard-image"],
-                             capture_output=True, text=True, env=_env(4), timeout=300)
+                             capture_output=True, text=True, env=cpu_env(4), timeout=300)
     assert sharded.returncode == 0, sharded.stderr
     assert cli.main(["stylize", *args, "-o", str(tmp_path / "plain.png")]) == 0
     np.testing.assert_allclose(images.load_image(tmp_path / "rows.png"), images.load_image(tmp_path / "plain.png"),
