@@ -237,11 +237,14 @@ def _add_fast_parsers(sub) -> None:
     """``train``, ``apply`` and ``model info``: feed-forward networks (`jaxstyle.fast_command`)."""
     p = sub.add_parser("train", help="train a feed-forward network that paints photos in one style, in one pass",
                        description="Train a network (Johnson et al. 2016, with instance normalisation) on random "
-                                   "crops of the photos in --images, to paint them in the style of STYLE with the "
-                                   "losses of `jaxstyle stylize`; write it to MODEL. Batches are split over all "
+                                   "crops of the photos in --images, to paint them in the style of STYLE (or of "
+                                   "each STYLE given, Dumoulin et al. 2017) with the losses of `jaxstyle stylize`; "
+                                   "write it to MODEL. Batches are split over all "
                                    "devices. Ctrl-C, SIGTERM or SIGHUP save a checkpoint (MODEL.checkpoint.msgpack, "
                                    "also every --checkpoint-every steps) that --resume continues.")
-    p.add_argument("style", help="the style image (a painting)")
+    p.add_argument("style", nargs="+", help="the style image (a painting); several train one network that holds "
+                                          "them all (conditional instance normalisation), to pick or blend with "
+                                          "`jaxstyle apply --style-blend`")
     p.add_argument("--images", required=True, nargs="+", metavar="PHOTOS",
                    help="training photos: directories (their image files), glob patterns or files")
     p.add_argument("-o", "--output", required=True, metavar="MODEL", help="the model file to write (.msgpack)")
@@ -262,6 +265,9 @@ def _add_fast_parsers(sub) -> None:
                    help="resize each image so that its longest side is PX first (default: 0, as it is)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="images per forward pass, split over all devices (default: 8)")
+    p.add_argument("--style-blend", type=_comma_list(float), nargs="*", default=[], metavar="W",
+                   help="for a model of several styles: one weight per style, in the order `jaxstyle model info` "
+                        "lists them, mixed in one pass (default: the first style alone)")
     add_config_arguments(p.add_argument_group("running"), RunOptions, ("overwrite", "max_pixels"))
     m = sub.add_parser("model", help="inspect a model file").add_subparsers(dest="model_command", required=True,
                                                                             parser_class=_Parser)

@@ -1,11 +1,11 @@
 """``jaxstyle train``, ``jaxstyle apply`` and ``jaxstyle model info``: fast style on the command line.
 
-- ``train STYLE --images DIR... -o MODEL``: trains a network (`jaxstyle.feedforward`) on random crops of
+- ``train STYLE... --images DIR... -o MODEL``: trains a network (of several styles, given several) (`jaxstyle.feedforward`) on random crops of
   the photos (`jaxstyle.train_data`, prefetched on a thread), with a progress bar, checkpoints every
   ``--checkpoint-every`` steps and on Ctrl-C/SIGTERM/SIGHUP (exit 130, 143, 129), ``--resume``, and the
   model written at the end (`jaxstyle.model_file`).
 - ``apply MODEL INPUTS... -o OUTDIR``: paints files, folders and globs, named and skipped as ``jaxstyle
-  batch`` names and skips them.
+  batch`` names and skips them; ``--style-blend`` mixes a model's styles.
 - ``model info MODEL``: what a model file holds.
 """
 
@@ -33,14 +33,14 @@ CHECKPOINT_SUFFIX = ".checkpoint.msgpack"
 def train(args: argparse.Namespace, config: TrainConfig, options: RunOptions) -> int:
     """``jaxstyle train``: with ``--distributed``, every process runs it; process 0 reports and writes the model."""
     check_distributed_options(args)
-    style_path, output = pathlib.Path(args.style), pathlib.Path(args.output)
+    style_paths, output = [pathlib.Path(s) for s in args.style], pathlib.Path(args.output)
     paths, skipped = train_data.training_images(args.images, max_pixels=options.max_pixels)
-    every_input = outputs.inputs_by_path([("the style image", style_path),
+    every_input = outputs.inputs_by_path([*(("a style image", s) for s in style_paths),
                                           *(("a training photo", p) for p in paths)])
     outputs.check_not_inputs([("the model", output)], every_input)
     if output.exists() and not options.overwrite:
         raise UsageError(f"{str(output)!r} exists; pass `overwrite` to replace it")
-    style = images.load_image(style_path, max_pixels=options.max_pixels)
+    styles = [images.load_image(s, max_pixels=options.max_pixels) for s in style_paths]
     shapes = [images.image_shape(p, max_pixels=options.max_pixels) for p in paths]
     process, processes = start_processes(args)  # JAX starts here, after the checks
     # Every process keeps its own checkpoint (the states are the same; hosts need not share a disk).
@@ -54,10 +54,10 @@ def train(args: argparse.Namespace, config: TrainConfig, options: RunOptions) ->
         options = dataclasses.replace(options, quiet=True)
     params, meta = weights.load(options.weights or None)
     plan.check_layers(config.loss_config(), plan.ARCHITECTURES[meta["architecture"]][0])
-    record = _record(config, style_path, paths, meta)
+    record = _record(config, style_paths, paths, meta)
     from jaxstyle import feedforward, step
 
-    trainer = feedforward.Trainer(step.Network(weights.model_for(meta), params), style, config)
+    trainer = feedforward.Trainer(step.Network(weights.model_for(meta), params), styles, config)
     state = _load_checkpoint(ckpt, trainer, record) if resume else None
     started = time.perf_counter()
     state, waited, losses = _fit(trainer, state, paths, shapes, ckpt, record, options)
@@ -121,11 +121,11 @@ def _fit(trainer, state, paths, shapes, ckpt: pathlib.Path, record: dict, option
                 bar.close()
 
 
-def _record(config: TrainConfig, style_path: pathlib.Path, paths, meta: dict) -> dict:
-    """What identifies a training run: its settings, the style image, the photos and the VGG weights."""
+def _record(config: TrainConfig, style_paths: list[pathlib.Path], paths, meta: dict) -> dict:
+    """What identifies a training run: its settings, the style images, the photos and the VGG weights."""
     photos = hashlib.sha256("\n".join(p.name for p in paths).encode()).hexdigest()
     return {"architecture": config.architecture,
-            "styles": [{"name": style_path.name, "sha256": hashlib.sha256(style_path.read_bytes()).hexdigest()}],
+            "styles": [{"name": s.name, "sha256": hashlib.sha256(s.read_bytes()).hexdigest()} for s in style_paths],
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
             "training": {"photos": len(paths), "photos_sha256": photos, "vgg": meta["architecture"],
                          "vgg_sha256": meta["params_sha256"]}}
@@ -188,10 +188,11 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
     todo = [i for i in range(len(contents)) if options.overwrite or not outs[i].exists()]
     done = len(contents) - len(todo)
     model = transform.model_for(meta["architecture"], len(meta["styles"]))
+    blend = _style_blend(tuple(w for part in args.style_blend for w in part), meta["styles"])
     written, started = 0, time.perf_counter()
     for i in [i for i in todo if _is_clip(contents[i])]:
         try:
-            _apply_clip(model, params, contents[i], outs[i], args, options)
+            _apply_clip(model, params, blend, contents[i], outs[i], args, options)
             written += 1
         except JaxstyleError as e:
             note(f"skipped {contents[i]}: {e}")
@@ -210,16 +211,30 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
                 picture = images.resize_to(picture, plan.output_shape(picture.shape, args.size))
             chunk.append(i)
             pictures.append(picture)
-        painted = feedforward.stylize_images(model, params, pictures, batch_size=args.batch_size)
+        painted = feedforward.stylize_images(model, params, pictures, style=blend, batch_size=args.batch_size)
         for i, picture in zip(chunk, painted):
             images.save_image(outs[i], picture, overwrite=options.overwrite,
                               metadata={"jaxstyle": "apply", "model": model_path.name,
-                                        "style": ", ".join(s["name"] for s in meta["styles"])})
+                                        "style": ", ".join(f"{s['name']} {w:.3g}" for s, w in
+                                                           zip(meta["styles"], blend) if w > 0)})
             written += 1
     seconds = time.perf_counter() - started
     note(f"apply: {len(contents) + len(problems)} inputs: {written} written in {seconds:.1f} s, "
          f"{done} already done (skipped), {len(failed)} failed")
     return 1 if failed else 0
+
+
+def _style_blend(weights: tuple[float, ...], styles: list[dict]) -> list[float]:
+    """``--style-blend``'s weights, one per style of the model, scaled to sum to 1 (default: the first style)."""
+    if not weights:
+        return [1.0] + [0.0] * (len(styles) - 1)
+    if len(weights) != len(styles):
+        names = ", ".join(s["name"] for s in styles)
+        raise UsageError(f"`style_blend` has {len(weights)} weights but the model holds {len(styles)} "
+                         f"style{'s' if len(styles) > 1 else ''} ({names}); give one weight per style")
+    if any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise UsageError(f"`style_blend` weights must be zero or positive and not all zero, got {list(weights)}")
+    return [w / sum(weights) for w in weights]
 
 
 def _is_clip(path: pathlib.Path) -> bool:
@@ -235,14 +250,14 @@ def _clip_output(source: pathlib.Path, image_output: pathlib.Path) -> pathlib.Pa
     return image_output.with_name(source.stem + (suffix if suffix in WRITABLE_VIDEO else ".mp4"))
 
 
-def _apply_clip(model, params, source: pathlib.Path, output: pathlib.Path, args: argparse.Namespace,
-                options: RunOptions) -> None:
+def _apply_clip(model, params, blend: list[float], source: pathlib.Path, output: pathlib.Path,
+                args: argparse.Namespace, options: RunOptions) -> None:
     """Paint a video frame by frame (no temporal loss: `jaxstyle video` is the flicker-free way) and write it
     at the source's rate, with its sound."""
     from jaxstyle import feedforward, video_io
 
     clip = video_io.read_clip(source, max_pixels=options.max_pixels, size=args.size or None)
-    painted = feedforward.stylize_images(model, params, clip.frames, batch_size=args.batch_size)
+    painted = feedforward.stylize_images(model, params, clip.frames, style=blend, batch_size=args.batch_size)
     video_io.write_clip(output, painted, clip.fps, audio=clip.audio, overwrite=options.overwrite)
 
 

@@ -23,6 +23,10 @@ all-reduce of the gradients, so data parallelism is a layout, not a rewrite.
 With several processes (`jax.distributed`) the mesh holds every process's
 devices: each process loads only its rows of the batch (`Trainer.rows`), and
 the same all-reduce crosses hosts.
+
+A network of several styles (Dumoulin et al. 2017) is the same loop with one
+style goal per style: training item :math:`k` is painted in style
+:math:`k \\bmod n` and scored against that style's statistics (`item_styles`).
 """
 
 from __future__ import annotations
@@ -81,61 +85,74 @@ def optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.adam(config.lr)
 
 
-def style_goal(network: Network, style: np.ndarray, config: TrainConfig) -> tuple[dict, ...]:
-    """The style image's statistics at the crops' size times ``style_scale``, as `stylize` computes them.
+def style_goal(network: Network, styles: Sequence[np.ndarray], config: TrainConfig) -> dict:
+    """Each style image's statistics at the crops' size times ``style_scale``, as `stylize` computes them.
 
     Args:
       network: the VGG and its weights.
-      style: RGB in [0, 1], (h, w, 3).
+      styles: the style images, RGB in [0, 1], each (h, w, 3).
       config: the training settings.
     Returns:
-      The style regions of `losses.Targets` (one region).
+      One style region of `losses.Targets` whose arrays have a leading axis of one entry per style.
     """
     loss = config.loss_config()
-    hw = plan.output_shape(style.shape, plan.style_size(loss, config.size))
     model = step.configured(network.model, loss)
-    return step.style_targets(model, network.params, (step.resize(style, hw),), jnp.ones(1),
-                              layers=tuple(loss.style_layers), kind=loss.style_loss)
+    resized = tuple(step.resize(s, plan.output_shape(s.shape, plan.style_size(loss, config.size))) for s in styles)
+    regions = step.style_targets(model, network.params, resized, jnp.ones(len(styles)) / len(styles),
+                                 layers=tuple(loss.style_layers), kind=loss.style_loss, regions=True)
+    return jax.tree.map(lambda *per_style: jnp.stack(per_style), *regions)
 
 
-def photo_terms(network: Network, config: TrainConfig, style: tuple[dict, ...], output: jax.Array,
+def item_styles(step_index: jax.Array, batch_size: int, styles: int) -> jax.Array:
+    """Which style each photo of a batch is painted in: training item ``k`` takes style ``k mod styles``.
+
+    Every batch of a network of several styles mixes them (Dumoulin et al. 2017 give each batch one), and
+    the choice is a function of the step, so a resumed run continues the same sequence.
+    """
+    return (step_index * batch_size + jnp.arange(batch_size)) % styles
+
+
+def photo_terms(network: Network, config: TrainConfig, style: dict, output: jax.Array,
                 photo: jax.Array) -> dict[str, jax.Array]:
-    """The weighted terms of one output against its photo and the style: `stylize`'s objective.
+    """The weighted terms of one output against its photo and a style: `stylize`'s objective.
 
     Args:
       network: the VGG (configured) and its weights.
       config: the training settings (loss weights and layers).
-      style: `style_goal`.
+      style: one style's region of `style_goal` (no leading axis).
       output, photo: RGB in [0, 1], (h, w, 3): the network's picture and the photo it painted.
     Returns:
       ``{"content", "style", "tv"}`` float32 scalars (`step.loss_terms`).
     """
     loss = config.loss_config()
     content = step.content_targets(network.model, network.params, photo, layers=tuple(loss.content_layers))
-    targets = losses.Targets(content=content, style=style, masks=(None,), kind=loss.style_loss)
+    targets = losses.Targets(content=content, style=(style,), masks=(None,), kind=loss.style_loss)
     return step.loss_terms(network.model, network.params, output, targets, step.loss_weights(loss, targets))
 
 
-def batch_loss(params, photos: jax.Array, *, model: transform.TransformNet, network: Network, config: TrainConfig,
-               style: tuple[dict, ...]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def batch_loss(params, photos: jax.Array, which: jax.Array, *, model: transform.TransformNet, network: Network,
+               config: TrainConfig, goal: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The objective of a batch: the mean over its photos of the sum of `photo_terms`, and the mean terms.
 
     Args:
       params: the transformation network's parameters (what is differentiated).
       photos: (n, h, w, 3) RGB in [0, 1].
-      model: the transformation network; network: the VGG; config, style: as in `photo_terms`.
+      which: (n,) the style of each photo (`item_styles`).
+      model: the transformation network; network: the VGG; config: as in `photo_terms`; goal: `style_goal`.
     """
-    outputs = transform.apply(model, params, photos)
-    terms = jax.vmap(functools.partial(photo_terms, network, config, style))(outputs, photos)
+    outputs = transform.apply(model, params, photos, jax.nn.one_hot(which, model.styles))
+    styles = jax.tree.map(lambda t: t[which], goal)
+    terms = jax.vmap(functools.partial(photo_terms, network, config))(styles, outputs, photos)
     terms = {name: jnp.mean(value) for name, value in terms.items()}
     return sum(terms.values()), terms
 
 
 def train_step(state: TrainState, photos: jax.Array, *, model: transform.TransformNet, network: Network,
-               config: TrainConfig, style: tuple[dict, ...]) -> tuple[TrainState, jax.Array, dict[str, jax.Array]]:
+               config: TrainConfig, goal: dict) -> tuple[TrainState, jax.Array, dict[str, jax.Array]]:
     """One step of Adam on the network's weights: the new state, the batch's loss and its terms."""
+    which = item_styles(state.step, photos.shape[0], model.styles)
     (value, terms), grads = jax.value_and_grad(batch_loss, has_aux=True)(
-        state.params, photos, model=model, network=network, config=config, style=style)
+        state.params, photos, which, model=model, network=network, config=config, goal=goal)
     updates, opt_state = optimizer(config).update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), value, terms
 
@@ -145,33 +162,34 @@ class Trainer:
 
     Args:
       network: the VGG and its weights.
-      style: the style image, RGB in [0, 1], (h, w, 3).
+      styles: the style images, RGB in [0, 1], each (h, w, 3): one network learns them all (conditional
+        instance normalisation), photo ``k`` of the training taking style ``k mod len(styles)``.
       config: the training settings; ``batch_size`` must be a multiple of the device count.
       devices: the devices to train on (default: all, those of every process under `jax.distributed`).
     Raises:
       UsageError: ``batch_size`` does not split evenly over the devices.
     """
 
-    def __init__(self, network: Network, style: np.ndarray, config: TrainConfig,
+    def __init__(self, network: Network, styles: Sequence[np.ndarray], config: TrainConfig,
                  devices: Sequence[jax.Device] | None = None):
         devices = list(jax.devices() if devices is None else devices)
         if config.batch_size % len(devices):
             raise UsageError(f"`batch_size` {config.batch_size} does not split over {len(devices)} devices; "
                              f"use a multiple of {len(devices)}")
         self.config = config
-        self.model = transform.model_for(config.architecture)
+        self.model = transform.model_for(config.architecture, len(styles))
         network = Network(step.configured(network.model, config.loss_config()), network.params)
         self.mesh = Mesh(np.array(devices), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, PartitionSpec("batch"))
-        self.network, self.style = network, jax.device_put(host(style_goal(network, style, config)), self.replicated)
+        self.network, self.goal = network, jax.device_put(host(style_goal(network, styles, config)), self.replicated)
         self.step = jax.jit(functools.partial(train_step, model=self.model, network=network, config=config,
-                                              style=self.style),
+                                              goal=self.goal),
                             in_shardings=(self.replicated, self.split), out_shardings=self.replicated)
 
     def init(self) -> TrainState:
         """Fresh weights (from ``config.seed``) and Adam's state, replicated."""
-        params = transform.init_params(self.config.architecture, jax.random.key(self.config.seed))
+        params = transform.init_params(self.config.architecture, jax.random.key(self.config.seed), self.model.styles)
         return self.place(host(TrainState(params, optimizer(self.config).init(params), jnp.int32(0))))
 
     def place(self, state: TrainState) -> TrainState:

@@ -155,5 +155,11 @@ def expected_shapes(meta: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def apply(model: TransformNet, params: Mapping, images: jax.Array, style: jax.Array | None = None) -> jax.Array:
-    """The network over a batch, (n, h, w, 3) -> (n, h, w, 3): `jax.vmap` of the one-picture module."""
+    """The network over a batch, (n, h, w, 3) -> (n, h, w, 3): `jax.vmap` of the one-picture module.
+
+    ``style``: the styles' mixing weights, (styles,) for every picture or (n, styles) one row per picture;
+    default: the first style.
+    """
+    if style is not None and jnp.ndim(style) == 2:
+        return jax.vmap(lambda x, s: model.apply({"params": params}, x, s))(images, style)
     return jax.vmap(lambda x: model.apply({"params": params}, x, style))(images)

@@ -51,7 +51,7 @@ def main() -> None:
         writer.writerow(["optimizer", "step", "seconds", "loss"])
         for name, log in rows.items():
             writer.writerows([name, *row] for row in log)
-    print(f"| step | Adam loss | Adam s | L-BFGS loss | L-BFGS s |\n|---|---|---|---|---|")
+    print("| step | Adam loss | Adam s | L-BFGS loss | L-BFGS s |\n|---|---|---|---|---|")
     for (step, ta, la), (_, tl, ll) in zip(rows["adam"], rows["lbfgs"]):
         if step in (10, 50, 100, 200, 300) or step == args.steps:
             print(f"| {step} | {la:.4f} | {ta:.0f} | {ll:.4f} | {tl:.0f} |")

@@ -75,7 +75,7 @@ def main() -> None:
               f"its defaults: {stylize_seconds:.1f} s a picture; ratio {stylize_seconds / per_picture:.0f}x")
     for size in args.train_sizes:
         config = TrainConfig(architecture=args.architecture, size=size, steps=1, batch_size=4)
-        trainer = feedforward.Trainer(network, style, config)
+        trainer = feedforward.Trainer(network, [style], config)
         state = trainer.init()
         photos = trainer.photos(np.stack([images.resize_to(content, (size, size))] * 4))
         compiled = trainer.step.lower(state, photos).compile()

@@ -145,13 +145,13 @@ def check_train(network, contents, style, facts):
 
     config = TrainConfig(architecture="tiny", size=30, steps=2, batch_size=4, lr=1e-2)
     photos = np.stack([c[:30, :30] for c in contents[:4]])
-    split = feedforward.Trainer(network, style, config)
-    one = feedforward.Trainer(network, style, config, devices=jax.local_devices()[:1])
+    split = feedforward.Trainer(network, [style], config)
+    one = feedforward.Trainer(network, [style], config, devices=jax.local_devices()[:1])
     flat = lambda tree: np.concatenate([np.ravel(x) for x in model_file.flatten(tree).values()])  # noqa: E731
 
     def gradient(trainer, batch):
-        loss = lambda p, x: feedforward.batch_loss(p, x, model=trainer.model, network=trainer.network,  # noqa: E731
-                                                   config=config, style=trainer.style)[0]
+        loss = lambda p, x: feedforward.batch_loss(p, x, np.zeros(4, np.int32), model=trainer.model,  # noqa: E731
+                                                   network=trainer.network, config=config, goal=trainer.goal)[0]
         grad = jax.jit(jax.grad(loss), in_shardings=(trainer.replicated, trainer.split))
         return flat(grad(trainer.init().params, trainer.photos(batch)))
 

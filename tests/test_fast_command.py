@@ -66,7 +66,7 @@ def test_train_writes_a_model_that_records_its_run(trained, photos, capsys):
 def test_a_few_steps_on_one_batch_lower_the_loss(tiny_params):
     network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
     rng = np.random.default_rng(1)
-    trainer = feedforward.Trainer(network, rng.uniform(0, 1, (40, 40, 3)).astype(np.float32),
+    trainer = feedforward.Trainer(network, [rng.uniform(0, 1, (40, 40, 3)).astype(np.float32)],
                                   TrainConfig(architecture="tiny", size=32, steps=30, batch_size=2, lr=1e-2))
     batch = rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
     reports = []
@@ -125,8 +125,8 @@ def test_two_processes_train_as_one(photos, tiny_weights, tmp_path):
 
     params, meta = weights.load(tiny_weights)
     config = TrainConfig(architecture="tiny", size=32, steps=steps, batch_size=2, lr=0.01)
-    trainer = feedforward.Trainer(Network(weights.model_for(meta), params), images.load_image(photos / "painting.png"),
-                                  config)
+    trainer = feedforward.Trainer(Network(weights.model_for(meta), params),
+                                  [images.load_image(photos / "painting.png")], config)
     paths, _ = train_data.training_images([str(photos / "photos")])
     shapes = [images.image_shape(p) for p in paths]
     batches = np.stack([train_data.load_batch(paths, train_data.crop_plan(0, i, len(paths), shapes, batch_size=2,
@@ -203,6 +203,69 @@ def test_apply_refuses_a_model_of_another_architecture(trained, tmp_path, photos
     assert err.count("\n") == 1 and "do not fit johnson_half" in err and not (tmp_path / "out").exists()
 
 
+def test_each_training_item_takes_the_next_style():
+    got = np.asarray(feedforward.item_styles(jax.numpy.int32(3), 4, 3))
+    np.testing.assert_array_equal(got, [k % 3 for k in range(12, 16)])
+    np.testing.assert_array_equal(np.asarray(feedforward.item_styles(jax.numpy.int32(5), 2, 1)), [0, 0])
+
+
+def _stripes(vertical: bool) -> np.ndarray:
+    y, x = np.mgrid[0:48, 0:48]
+    t = (x if vertical else y) // 3 % 2
+    return np.stack([t, 0.2 + 0.6 * t, 1 - t], -1).astype(np.float32)
+
+
+def test_a_network_of_two_styles_learns_each(tiny_params):
+    """Two styles (vertical and horizontal stripes) in one network: painted in each, a photo is closer to
+    that style than to the other, by a wide margin (measured: each picture's own style term is 0.006 to 0.28
+    of the other's; the threshold is a half; a network that ignored the style would score x and 1/x)."""
+    network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
+    config = TrainConfig(architecture="tiny", size=32, steps=60, batch_size=2, lr=2e-2, content_weight=0.1)
+    trainer = feedforward.Trainer(network, [_stripes(True), _stripes(False)], config)
+    photos = np.random.default_rng(2).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    # Item k takes style k mod 2: swapping the photos every step gives each photo both styles.
+    params = feedforward.host(feedforward.train(itertools.cycle([photos, photos[::-1]]), trainer).params)
+    styles = [jax.tree.map(lambda t: t[k], trainer.goal) for k in range(2)]
+    for k in range(2):
+        painted = feedforward.stylize_images(trainer.model, params, list(photos), style=np.eye(2)[k])
+        for picture, photo in zip(painted, photos):
+            own, other = (float(feedforward.photo_terms(trainer.network, config, styles[j], picture, photo)["style"])
+                          for j in (k, 1 - k))
+            assert own < 0.5 * other, (k, own, other)
+
+
+def test_apply_blends_the_styles_of_a_model(photos, tiny_weights, tmp_path, capsys):
+    """`train A B` holds two styles; `apply --style-blend` picks or mixes them; a wrong count is one line."""
+    images.save_image(photos / "stripes.png", _stripes(False))
+    model = tmp_path / "two.msgpack"
+    assert cli.main(["train", str(photos / "painting.png"), str(photos / "stripes.png"), "--images",
+                     str(photos / "photos"), "-o", str(model), "--weights", str(tiny_weights), "--architecture",
+                     "tiny", "--size", "32", "--steps", "6", "--batch-size", "2", "--lr", "0.05", "--quiet"]) == 0
+    params, meta = model_file.load(model, expected_shapes=transform.expected_shapes)
+    assert [s["name"] for s in meta["styles"]] == ["painting.png", "stripes.png"]
+    assert params["_Norm_0"]["scale"].shape[0] == 2
+    capsys.readouterr()
+    assert cli.main(["model", "info", str(model)]) == 0
+    assert "stripes.png" in capsys.readouterr().out
+    source = [str(photos / "photos" / "p0.png")]
+    out = {}
+    for name, blend in {"default": [], "first": ["1,0"], "second": ["0", "1"], "mixed": ["1,3"]}.items():
+        assert cli.main(["apply", str(model), *source, "-o", str(tmp_path / name), *(
+            ["--style-blend", *blend] if blend else [])]) == 0
+        out[name] = images.load_image(tmp_path / name / "p0.png")
+    np.testing.assert_array_equal(out["first"], out["default"])
+    assert np.abs(out["second"] - out["first"]).max() > 0.1  # measured: 0.51
+    model_net = transform.model_for("tiny", 2)
+    [expected] = feedforward.stylize_images(model_net, params, [images.load_image(source[0])], style=[0.25, 0.75])
+    np.testing.assert_allclose(out["mixed"], expected, rtol=0, atol=0.5 / 255 + 1e-6)  # one 8-bit rounding
+    capsys.readouterr()
+    assert cli.main(["apply", str(model), *source, "-o", str(tmp_path / "bad"), "--style-blend", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds 2 styles (painting.png, stripes.png)" in err
+    assert not (tmp_path / "bad" / "p0.png").exists()
+    (photos / "stripes.png").unlink()
+
+
 def test_train_refuses_an_empty_folder_and_an_output_over_an_input(photos, tiny_weights, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = cli.main(["train", str(photos / "painting.png"), "--images", str(tmp_path / "empty"), "-o",
@@ -219,7 +282,7 @@ def test_train_refuses_an_empty_folder_and_an_output_over_an_input(photos, tiny_
 def test_the_training_step_lowers_for_gpu_and_tpu(tiny_params):
     network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
     config = TrainConfig(architecture="tiny", size=32, steps=1, batch_size=2)
-    trainer = feedforward.Trainer(network, np.full((32, 32, 3), 0.5, np.float32), config)
+    trainer = feedforward.Trainer(network, [np.full((32, 32, 3), 0.5, np.float32)], config)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.init())
     photos = jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32)
     for platform in ("cuda", "tpu"):

@@ -8,7 +8,6 @@ error is measured with it, independently of the optical flow the method used.
 from __future__ import annotations
 
 import json
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
