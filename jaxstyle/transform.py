@@ -75,7 +75,7 @@ class _Norm(nn.Module):
 # this network fall off a fast path that VGG's layers do not need. So on a CPU each convolution is
 # computed over blocks of CPU_BLOCK input and output channels, a sum over the input blocks for each
 # output block: the same products summed in another order. The network's forward pass at 256 px, 4
-# pictures, went from 0.52 to 0.21 s, forward and backward from 1.23 to 0.79 s (BENCHMARKS.md, "Fast
+# pictures, went from 0.52 to 0.17 s, forward and backward from 1.23 to 0.71 s (BENCHMARKS.md, "Fast
 # style"); other platforms get the plain convolution (`jax.lax.platform_dependent` picks when lowering).
 CPU_BLOCK = 16
 
