@@ -1,7 +1,7 @@
 """A trained fast-style network beside `jaxstyle stylize` on photos it did not train on, with times and quality.
 
     jaxstyle train jaxstyle/examples/van_gogh_auvers.png --images ../shared/images/train -o van_gogh.msgpack \\
-        --architecture johnson_half --size 256 --steps 800           # the demo model (about 30-40 min on 2 cores)
+        --architecture johnson_half --size 256 --steps 800           # the demo model (30-70 min on 2 cores, by machine)
     python scripts/fast_demo.py van_gogh.msgpack [--size 256] [--out docs/images/fast]
 
 For each photo (the bundled cat and the CC0 coffee cup, neither among the training photos) at
