@@ -1,9 +1,10 @@
 """``jaxstyle train``, ``jaxstyle apply`` and ``jaxstyle model info``: fast style on the command line.
 
-- ``train STYLE... --images DIR... -o MODEL``: trains a network (of several styles, given several) (`jaxstyle.feedforward`) on random crops of
-  the photos (`jaxstyle.train_data`, prefetched on a thread), with a progress bar, checkpoints every
-  ``--checkpoint-every`` steps and on Ctrl-C/SIGTERM/SIGHUP (exit 130, 143, 129), ``--resume``, and the
-  model written at the end (`jaxstyle.model_file`).
+- ``train STYLE... --images DIR... -o MODEL``: trains a network (`jaxstyle.feedforward`; one network
+  holds every style given) on random crops of the photos (`jaxstyle.train_data`, prefetched on a
+  thread), with a progress bar, checkpoints every ``--checkpoint-every`` steps and on
+  Ctrl-C/SIGTERM/SIGHUP (exit 130, 143, 129), ``--resume``, and the model written at the end
+  (`jaxstyle.model_file`).
 - ``apply MODEL INPUTS... -o OUTDIR``: paints files, folders and globs, named and skipped as ``jaxstyle
   batch`` names and skips them; ``--style-blend`` mixes a model's styles.
 - ``model info MODEL``: what a model file holds.
@@ -19,7 +20,6 @@ import json
 import pathlib
 import sys
 import time
-
 
 from jaxstyle import batch_io, images, model_file, outputs, plan, report, train_data, weights
 from jaxstyle._files import atomic_write_bytes
