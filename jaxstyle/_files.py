@@ -1,33 +1,37 @@
-"""Writing files atomically, so that a crash never leaves half a file."""
+"""Writing files atomically, so that a crash or a signal never leaves half a file, nor a temporary one."""
 
 import io
 import os
 import pathlib
-import tempfile
+import secrets
+
+
+def temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> pathlib.Path:
+    """A new hidden name in ``path``'s folder, for a file to be written there and then renamed onto ``path``.
+
+    The name is drawn before the file is made, so that the writer's handler knows what to remove whenever
+    an exception comes (a signal's `Interrupted` can come between any two lines, even inside
+    `tempfile.mkstemp`, which would leave a file that no one knows of). 64 random bits keep two writers
+    from drawing the same name.
+    """
+    path = pathlib.Path(path)
+    return path.parent / f".{path.name}.{secrets.token_hex(8)}{suffix}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        usual_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def usual_mode(path: str | os.PathLike) -> None:
-    """Give a file made by `tempfile.mkstemp` (private to its owner) the mode a new file gets under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:

@@ -552,7 +552,7 @@ def check_directory_writable(path: str | os.PathLike, what: str) -> None:
     """Check that a file can be created at ``path``: its nearest existing folder accepts a new file.
 
     Missing folders on the way are created when saving. The check creates and
-    removes a temporary file there.
+    removes a temporary file there (an unnamed one where the system makes them).
 
     Raises:
       UsageError: naming ``what`` (e.g. "the log"), the folder and the reason.
@@ -565,9 +565,9 @@ def check_directory_writable(path: str | os.PathLike, what: str) -> None:
         if not directory.is_dir():
             raise UsageError(f"cannot write {what} {str(path)!r}: {str(directory)!r} is a file, not a directory; "
                              "choose another path")
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".jaxstyle-check-", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+        # An unnamed file where the system makes them (Linux's O_TMPFILE), so that nothing is left
+        # whenever the run ends; elsewhere a named one, removed at once.
+        tempfile.TemporaryFile(dir=directory).close()
     except OSError as e:
         raise UsageError(f"cannot write {what} {str(path)!r}: cannot create a file in {str(directory)!r} "
                          f"({e.strerror or _one_line(e)}); choose another path") from e

@@ -8,7 +8,7 @@ Pillow, and a folder (or glob) of frames through `jaxstyle.images`.
 
 Outputs are written whole or not at all: a video or GIF is encoded into a
 temporary file beside the output and renamed over it; a folder of frames is
-written into ``OUT.partial`` and renamed to ``OUT`` when every frame is there.
+written into a hidden folder beside ``OUT`` and renamed to ``OUT`` when every frame is there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from fractions import Fraction
 from typing import Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from jaxstyle import images
-from jaxstyle._files import usual_mode
+from jaxstyle._files import temporary_beside
 from jaxstyle.config import DEFAULT_MAX_PIXELS
 from jaxstyle.errors import JaxstyleError, UsageError
 
@@ -198,28 +197,43 @@ def write_clip(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: Fract
     if kind == "frames":
         _write_frames(path, frames)
         return
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    temp = temporary_beside(path, path.suffix)
     try:
         if kind == "gif":
-            _write_gif(pathlib.Path(temp), frames, fps)
+            _write_gif(temp, frames, fps)
         else:
-            _write_video(pathlib.Path(temp), frames, fps, audio)
-        usual_mode(temp)
+            _write_video(temp, frames, fps, audio)
         os.replace(temp, path)
     except BaseException:
-        pathlib.Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 
 def _write_frames(path: pathlib.Path, frames: Sequence[np.ndarray]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for i, frame in enumerate(frames, 1):
-        images.save_image(partial / f"frame{i:05d}.png", frame)
-    if path.exists():
+    """Write the frames into a hidden folder beside ``path``, which takes ``path``'s place when every frame is
+    there; an exception at any moment (a signal's) leaves ``path`` as it was, or the new frames."""
+    partial, old = temporary_beside(path, ".partial"), temporary_beside(path, ".old")
+    try:
+        for i, frame in enumerate(frames, 1):
+            images.save_image(partial / f"frame{i:05d}.png", frame)
+        if path.exists() or path.is_symlink():
+            os.replace(path, old)
+        os.replace(partial, path)
+        _remove(old)
+    except BaseException:
+        if not (path.exists() or path.is_symlink()) and (old.exists() or old.is_symlink()):
+            os.replace(old, path)
+        _remove(partial)
+        _remove(old)
+        raise
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Remove a folder with what it holds, or a file, if there."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    os.replace(partial, path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _write_gif(path: pathlib.Path, frames: Sequence[np.ndarray], fps: Fraction) -> None:

@@ -581,7 +581,7 @@ def test_check_writable_reports_a_failed_probe(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(images.tempfile, "TemporaryFile", denied)
     with pytest.raises(UsageError, match="cannot create a file in .* \\(Permission denied\\)") as info:
         images.check_writable(tmp_path / "out.png")
     assert "out.png" in str(info.value) and "\n" not in str(info.value)

@@ -82,7 +82,7 @@ def test_a_folder_of_frames_in_and_out_in_name_order(tmp_path):
     frames = _clip(4)
     video_io.write_clip(tmp_path / "out", frames, Fraction(10))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"frame0000{i}.png" for i in range(1, 5)]
-    assert not (tmp_path / "out.partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
     clip = video_io.read_clip(tmp_path / "out")
     assert clip.names == [f"frame0000{i}.png" for i in range(1, 5)] and clip.fps == video_io.DEFAULT_FPS
     for a, b in zip(clip.frames, frames):
