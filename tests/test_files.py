@@ -11,6 +11,7 @@ import sys
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from jaxstyle import images, video_io
 from jaxstyle._files import atomic_write_bytes
@@ -82,7 +83,18 @@ def test_an_atomic_write_interrupted_at_any_line_leaves_the_old_file_or_the_new_
     assert (tmp_path / "whole").stat().st_mode & 0o777 == 0o666 & ~umask  # the mode of any new file
 
 
+def _unnamed_files_work(folder) -> bool:
+    try:
+        os.close(os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
 def test_a_folder_check_interrupted_at_any_line_leaves_nothing(tmp_path):
+    if not _unnamed_files_work(tmp_path):  # the check falls back on a named file, removed a few lines later
+        pytest.skip("this file system makes no unnamed files (O_TMPFILE)")
+
     def check(folder):
         assert {p.name for p in folder.iterdir()} == {"old"}
 
