@@ -95,6 +95,7 @@ def _fit(trainer, state, paths, shapes, ckpt: pathlib.Path, record: dict, option
     def on_report(p) -> None:
         latest["state"] = p.state
         losses.extend(map(float, p.loss))
+        signals.check()  # a signal whose first raise was lost (`report.Signals`) saves this step
         if options.checkpoint_every and p.step % options.checkpoint_every == 0 and p.step < p.steps:
             _save_checkpoint(ckpt, p.state, record)
         if bar is not None:
@@ -102,7 +103,7 @@ def _fit(trainer, state, paths, shapes, ckpt: pathlib.Path, record: dict, option
                             content=f"{p.terms['content']:.3g}", waited=f"{p.waited:.1f}s", refresh=False)
             bar.update(p.step - bar.n)
 
-    with report.signals_end_runs():
+    with report.signals_end_runs() as signals:
         try:
             with train_data.Prefetcher(paths, shapes, seed=config.seed, batch_size=config.batch_size,
                                        size=config.size, start=done, stop=config.steps, rows=trainer.rows,

@@ -13,7 +13,8 @@ between chunks of steps; it
 - ends a run the same way for every command when a signal comes
   (`signals_end_runs`: Ctrl-C, SIGTERM, SIGHUP): the pictures of the last
   report and a checkpoint are saved, one line says where, and the exit code is
-  128 plus the signal's number (130, 143, 129);
+  128 plus the signal's number (130, 143, 129); a signal whose exception
+  Python loses (in a finaliser) ends the run at the next report;
 - with ``--serve``, feeds the live view (`jaxstyle.live`) at every report; its
   stop button sends the SIGINT that Ctrl-C sends.
 
@@ -55,24 +56,47 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
+class Signals:
+    """The signal that came within `signals_end_runs`, if one did."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def check(self) -> None:
+        """Raise the signal's `Interrupted` again if one came. Its first raise can be lost: a signal that lands
+        in a garbage-collection callback or a finaliser raises there, and Python goes on. The runs' callbacks
+        call this at each report, so such a run still ends, one report later."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @contextlib.contextmanager
-def signals_end_runs() -> Iterator[None]:
+def signals_end_runs() -> Iterator[Signals]:
     """Within the block, SIGINT, SIGTERM and SIGHUP raise `Interrupted` (the first one; later ones are
-    ignored, so that saving the run is not interrupted in turn). Outside the main thread, a no-op."""
-    raised = []
+    ignored, so that saving the run is not interrupted in turn). Outside the main thread, a no-op.
+
+    Yields the `Signals` whose ``check`` the run calls at each report. An `Interrupted` lost in a finaliser
+    is not printed (it is raised again there)."""
+    came = Signals()
 
     def handler(signum, frame):
-        if not raised:
-            raised.append(signum)
+        if came.signum is None:
+            came.signum = signum
             raise Interrupted(signum)
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
 
     try:
         previous = {s: signal.signal(s, handler) for s in ENDING_SIGNALS}
     except ValueError:  # not the main thread: signals go to it, not here
         previous = {}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
-        yield
+        yield came
     finally:
+        sys.unraisablehook = previous_hook
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -224,6 +248,7 @@ class Reporter:
         self.program: Program | None = None
         self.latest = None  # the last Progress
         self.warned = False
+        self.signals = Signals()  # `running`'s
 
     def start(self, program: Program) -> None:
         """A new program begins (its checkpoint, if any, already loaded into ``program.history``)."""
@@ -241,6 +266,7 @@ class Reporter:
         """The library's callback: one `optimize.Progress`."""
         self.history = np.concatenate([self.history, p.losses], axis=1)
         self.latest = p
+        self.signals.check()  # after the record: a signal whose first raise was lost saves this report
         every, save = self.options.checkpoint_every, self.options.save_every
         if every and p.step // every > self.saved // every and p.step < p.steps:
             self._checkpoint()
@@ -289,7 +315,7 @@ class Reporter:
 
             self.live.board.configure({**live.run_settings(config, self.options), **(more or {})})
         ending = ("failed", "")
-        with signals_end_runs():
+        with signals_end_runs() as self.signals:
             try:
                 yield
                 ending = ("finished", "")

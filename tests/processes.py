@@ -1,9 +1,11 @@
-"""Running the console script in subprocesses: with fake CPU devices, and as several `jax.distributed` processes."""
+"""Running the console script in subprocesses: with fake CPU devices, and as several `jax.distributed` processes;
+and a signal this process sends itself where Python loses the handler's exception."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -36,3 +38,13 @@ def run_distributed(argv: Sequence[str], processes: int = 2, *, timeout: float =
         for p in procs:
             p.kill()
     return [(p.returncode, err) for p, err in zip(procs, errs)]
+
+
+class SignalInFinaliser:
+    """Dropped, it raises SIGTERM in its finaliser: the handler's `report.Interrupted` comes there, and Python
+    loses it (as when a signal lands in jax's garbage-collection callback)."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+        lost = [signal.SIGTERM]  # the handler runs at a line of the finaliser
+        del lost

@@ -13,7 +13,7 @@ from PIL import Image
 from jaxstyle import cli, feedforward, images, model_file, report, train_data, transform, weights
 from jaxstyle.config import TrainConfig
 from jaxstyle.step import Network
-from processes import run_distributed
+from processes import SignalInFinaliser, run_distributed
 from tolerance import rounding_atol
 
 STEPS = 20
@@ -106,6 +106,23 @@ def test_an_interrupted_training_resumes_to_the_same_parameters(trained, photos,
     for key, value in model_file.flatten(uninterrupted).items():
         np.testing.assert_array_equal(model_file.flatten(resumed)[key], value, err_msg=key)  # the same steps
     assert not ckpt.exists()
+
+
+def test_a_training_whose_signal_is_lost_in_a_finaliser_still_ends(photos, tiny_weights, tmp_path, monkeypatch,
+                                                                    capsys):
+    out, real_next, taken = tmp_path / "m.msgpack", train_data.Prefetcher.__next__, {"n": 0}
+
+    def next_losing_a_signal(self):
+        taken["n"] += 1
+        if taken["n"] == 3:
+            SignalInFinaliser()
+        return real_next(self)
+
+    monkeypatch.setattr(train_data.Prefetcher, "__next__", next_losing_a_signal)
+    assert _train(photos, tiny_weights, out) == 143  # not 0: it did not train on to its end
+    err = capsys.readouterr().err
+    assert "interrupted (SIGTERM) at step" in err and "Exception ignored" not in err, err
+    assert not out.exists() and out.with_name(out.name + ".checkpoint.msgpack").is_file()
 
 
 def test_two_processes_train_as_one(photos, tiny_weights, tmp_path):

@@ -36,6 +36,7 @@ import pytest
 from jaxstyle import checkpoint, cli, images, optimize, report, weights
 from jaxstyle.config import StylizeConfig
 from jaxstyle.errors import JaxstyleError
+from processes import SignalInFinaliser
 
 SIZE = 32  # 40x30 inputs give 32x24 outputs
 OUT_HW = (24, 32)
@@ -184,6 +185,24 @@ def test_resume_gives_the_uninterrupted_result(files, tiny_weights, tmp_path, mo
     log = json.loads(resumed.with_suffix(".json").read_text())
     assert log == json.loads(whole.with_suffix(".json").read_text())
     assert len(log) == (40 + 22 if "--scales" in options else 40)  # 22 = 40 (24 / 32)**2
+
+
+def test_a_signal_lost_in_a_finaliser_still_ends_the_run_at_the_next_report(files, tiny_weights, tmp_path,
+                                                                             monkeypatch, capsys):
+    save, out = checkpoint.save, tmp_path / "out.png"
+
+    def save_then_lose_a_signal(*args, **kwargs):
+        save(*args, **kwargs)
+        SignalInFinaliser()
+
+    monkeypatch.setattr(checkpoint, "save", save_then_lose_a_signal)
+    code = cli.main(_args(files, tiny_weights, out, "--steps", 80, "--checkpoint-every", 20))
+    err = capsys.readouterr().err
+    assert code == 143, err  # not 0: the run did not go on to its end
+    step = int(re.search(r"interrupted \(SIGTERM\) at step (\d+)", err).group(1))
+    assert 20 < step < 80 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert not out.exists() and out.with_name("out.png.checkpoint.npz").exists()
+    assert int(images.read_metadata(out.with_name("out.png.interrupted.png"))["step"]) == step  # saved there
 
 
 @pytest.fixture
