@@ -4,6 +4,7 @@ import io
 import os
 import pathlib
 import secrets
+from typing import Callable
 
 
 def temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> pathlib.Path:
@@ -18,20 +19,30 @@ def temporary_beside(path: str | os.PathLike, suffix: str = ".tmp") -> pathlib.P
     return path.parent / f".{path.name}.{secrets.token_hex(8)}{suffix}"
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(path)
+def write_beside(path: str | os.PathLike, write: Callable[[pathlib.Path], None], suffix: str = ".tmp") -> None:
+    """``write(tmp)`` a file at a `temporary_beside` name, then rename it onto ``path``; if anything raises
+    (a signal's `Interrupted` included, at any line), the temporary file is removed and ``path`` is as it was."""
+    tmp = temporary_beside(path, suffix)
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: pathlib.Path) -> None:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_beside(path, write)
 
 
 def atomic_write_npz(path: str | os.PathLike, **arrays) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from jaxstyle import images
-from jaxstyle._files import temporary_beside
+from jaxstyle._files import temporary_beside, write_beside
 from jaxstyle.config import DEFAULT_MAX_PIXELS
 from jaxstyle.errors import JaxstyleError, UsageError
 
@@ -197,16 +197,10 @@ def write_clip(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: Fract
     if kind == "frames":
         _write_frames(path, frames)
         return
-    temp = temporary_beside(path, path.suffix)
-    try:
-        if kind == "gif":
-            _write_gif(temp, frames, fps)
-        else:
-            _write_video(temp, frames, fps, audio)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    if kind == "gif":
+        write_beside(path, lambda temp: _write_gif(temp, frames, fps), path.suffix)
+    else:
+        write_beside(path, lambda temp: _write_video(temp, frames, fps, audio), path.suffix)
 
 
 def _write_frames(path: pathlib.Path, frames: Sequence[np.ndarray]) -> None:
