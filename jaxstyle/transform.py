@@ -2,7 +2,7 @@
 
 One forward pass paints a photo in the style the network was trained on
 (`jaxstyle.feedforward`): the cost of Gatys et al.'s optimisation is paid once,
-in training. The network, as Johnson et al. built it, with two later changes:
+in training. The network, as Johnson et al. built it, with three later changes:
 
 - instance normalisation instead of batch normalisation (Ulyanov, Vedaldi &
   Lempitsky 2016): each picture's contrast is normalised on its own, which is
