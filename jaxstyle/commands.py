@@ -375,8 +375,7 @@ def batch(args: argparse.Namespace, config: StylizeConfig, options: RunOptions) 
     reporter.write_log(single=False)
     who = f" (process {process} of {processes})" if processes > 1 else ""
     inputs_seen = len(mine) + (len(problems) if process == 0 else 0)
-    note(f"batch{who}: {inputs_seen} inputs: {run.written} written, {len(mine) - len(todo)} already done (skipped), "
-         f"{len(run.failed)} failed" + (f": {', '.join(run.failed)}" if run.failed else ""))
+    note(f"batch{who}: " + outputs.summary(inputs_seen, run.written, len(mine) - len(todo), run.failed))
     return 1 if run.failed else 0
 
 

@@ -183,9 +183,9 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
                              {**model_input, **outputs.inputs_by_path([("an input", c) for c in contents])})
     for line in notes:
         note(line)
-    failed = [f"{arg} ({message})" for arg, message in problems]
-    for line in failed:
-        note(f"skipped {line}")
+    failed = [arg for arg, _ in problems]
+    for arg, message in problems:
+        note(f"skipped {arg}: {message}")
     todo = [i for i in range(len(contents)) if options.overwrite or not outs[i].exists()]
     done = len(contents) - len(todo)
     model = transform.model_for(meta["architecture"], len(meta["styles"]))
@@ -220,8 +220,7 @@ def apply(args: argparse.Namespace, options: RunOptions) -> int:
                                                            zip(meta["styles"], blend) if w > 0)})
             written += 1
     seconds = time.perf_counter() - started
-    note(f"apply: {len(contents) + len(problems)} inputs: {written} written in {seconds:.1f} s, "
-         f"{done} already done (skipped), {len(failed)} failed")
+    note("apply: " + outputs.summary(len(contents) + len(problems), written, done, failed, seconds))
     return 1 if failed else 0
 
 

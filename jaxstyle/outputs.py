@@ -173,6 +173,12 @@ def plan_batch(files: Sequence[pathlib.Path], outdir: pathlib.Path, extension: s
     return [f for f, _ in kept], [o for _, o in kept], notes
 
 
+def summary(inputs: int, written: int, done: int, failed: Sequence[str], seconds: float | None = None) -> str:
+    """A folder run's closing line: its inputs, and how many were written, skipped as done and failed (named)."""
+    took = "" if seconds is None else f" in {seconds:.1f} s"
+    return (f"{inputs} input{'s' * (inputs != 1)}: {written} written{took}, {done} already done (skipped), "
+            f"{len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+
 def _written_by_jaxstyle(path: pathlib.Path) -> bool:
     """Whether an image file carries the metadata jaxstyle writes into its outputs."""
     try:
