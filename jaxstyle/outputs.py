@@ -179,6 +179,7 @@ def summary(inputs: int, written: int, done: int, failed: Sequence[str], seconds
     return (f"{inputs} input{'s' * (inputs != 1)}: {written} written{took}, {done} already done (skipped), "
             f"{len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
 
+
 def _written_by_jaxstyle(path: pathlib.Path) -> bool:
     """Whether an image file carries the metadata jaxstyle writes into its outputs."""
     try:

@@ -53,6 +53,7 @@ def test_a_folder_runs_closing_line_counts_in_words_and_names_what_failed():
     assert (outputs.summary(5, 3, 1, ["a.png"], seconds=2.26)
             == "5 inputs: 3 written in 2.3 s, 1 already done (skipped), 1 failed: a.png")
 
+
 def test_an_output_that_is_an_input_is_refused_also_through_a_link(tmp_path):
     content = _save(tmp_path / "photo.png", 1)
     (tmp_path / "link.png").symlink_to(content)
